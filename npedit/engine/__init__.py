@@ -1,0 +1,1 @@
+"""DeepSpeed engines, process set-up and checkpoints."""

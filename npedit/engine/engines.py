@@ -1,0 +1,83 @@
+"""One DeepSpeed engine per network.
+
+Trainable: student and fake score, each with its optimizer (AdamW from the config), LR schedule and
+clipping, at the configured ZeRO stage. Frozen: real score, text encoder and VLM as optimizer-less
+ZeRO-3 engines; the method calls their `.module` (calling a frozen engine object inside a graph that
+is backpropagated raises in recent DeepSpeed; ZeRO-3's gather hooks live on the sub-modules).
+The parameter-free codec needs no engine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from npedit.build import Models
+from npedit.config import Config, OptimConfig
+from npedit.engine.ds_config import frozen_ds_config, trainable_ds_config
+
+
+@dataclass
+class Engines:
+    student: Any            # DeepSpeedEngine: call it, .backward(loss), .step()
+    fake: Any               # DeepSpeedEngine
+    real: nn.Module         # frozen engine's .module
+    text_encoder: nn.Module
+    vlm: nn.Module
+    codec: nn.Module
+    frozen: list            # the frozen engine objects (kept alive: they own the ZeRO-3 hooks)
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at a scheduler step: linear warm-up, then constant or cosine to 0."""
+    def factor(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "cosine":
+            span = max(1, total_steps - optim.warmup_steps)
+            progress = min(1.0, (step - optim.warmup_steps) / span)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+def _trainable(model: nn.Module, optim: OptimConfig, base_ds: dict, total_steps: int):
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=params, config=trainable_ds_config(base_ds, optim),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total_steps)))
+    return engine
+
+
+def _frozen(model: nn.Module, base_ds: dict):
+    import deepspeed
+
+    model.requires_grad_(False)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=frozen_ds_config(base_ds))
+    engine.eval()
+    return engine
+
+
+def build_engines(models: Models, cfg: Config, base_ds: dict, device: torch.device) -> Engines:
+    """Wrap every network; the student and fake score train for cfg.train.max_steps scheduler steps
+    (the fake score steps method.fake_updates times per NP-Edit step)."""
+    total = cfg.train.max_steps
+    student = _trainable(models.student, cfg.student_optim, base_ds, total)
+    fake_total = max(1, (total - cfg.train.warmup_stage_steps) * max(1, cfg.method.fake_updates))
+    fake = _trainable(models.fake, cfg.fake_optim, base_ds, fake_total)
+    frozen = [_frozen(m, base_ds) for m in (models.real, models.text_encoder, models.vlm)]
+    codec = models.codec.to(device)
+    return Engines(student, fake, frozen[0].module, frozen[1].module, frozen[2].module, codec, frozen)
+
+
+def grad_norm(engine) -> float:
+    """Global gradient norm of the last step (before clipping); NaN when DeepSpeed does not report it."""
+    value = engine.get_global_grad_norm()
+    if value is None:
+        return float("nan")
+    return float(value)

@@ -1,0 +1,42 @@
+"""Run presets: Python functions returning a full Config (override any field with --set)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from npedit.config import (Config, ConfigError, DataConfig, MethodConfig, OptimConfig, StudentConfig, TextConfig,
+                           TrainConfig, VLMConfig)
+
+
+def shapes() -> Config:
+    """The built-in shapes world on a CPU: warm-up then NP-Edit, a few minutes on 2 cores."""
+    return Config(
+        data=DataConfig(kind="shapes", image_size=32, batch_size=4),
+        method=MethodConfig(tau_ramp_steps=200, fake_updates=2),
+        student_optim=OptimConfig(lr=2e-4, schedule="cosine", warmup_steps=10),
+        fake_optim=OptimConfig(lr=2e-4),
+        train=TrainConfig(max_steps=300, warmup_stage_steps=100, sample_every=100, checkpoint_every=100),
+    )
+
+
+def shapes_tiny() -> Config:
+    """Smallest useful models: tests and smoke runs (seconds per step on a CPU)."""
+    return Config(
+        student=StudentConfig(dim=32, depth=2, heads=2),
+        text=TextConfig(dim=16, depth=1, max_length=20),
+        vlm=VLMConfig(dim=32, depth=1, vision_dim=16, vision_depth=1, patch_size=4, max_text_len=40),
+        data=DataConfig(kind="shapes", image_size=16, batch_size=2, num_examples=64),
+        method=MethodConfig(tau_ramp_steps=10, fake_updates=1, nothing_prob=0.25),
+        student_optim=OptimConfig(lr=1e-3),
+        fake_optim=OptimConfig(lr=1e-3),
+        train=TrainConfig(max_steps=4, warmup_stage_steps=1, sample_every=2, checkpoint_every=2, num_samples=2,
+                          tensorboard=False),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"shapes": shapes, "shapes_tiny": shapes_tiny}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,167 @@
+"""The training loop: warm-up (reference copy) steps, then NP-Edit steps; logging, samples, checkpoints.
+
+Everything that can be wrong with the inputs (config, DeepSpeed JSON, data, model folders) is
+checked before any engine is built. Steps are numbered by how many have completed; the data
+position is derived from the step, so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from npedit.build import Models, build_models, default_words
+from npedit.config import Config, ConfigError
+from npedit.data.loader import StepLoader
+from npedit.data.manifest import ManifestDataset, read_manifest
+from npedit.data.shapes import ShapesEditDataset
+from npedit.data.example import collate
+from npedit.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from npedit.engine.distributed import barrier, init_distributed, mean_across_ranks
+from npedit.engine.ds_config import base_ds_config
+from npedit.engine.engines import Engines, build_engines, grad_norm
+from npedit.adapters.builtin import BuiltinDiffusion, BuiltinJudge
+from npedit.method.schedule import rank_generator, student_timesteps
+from npedit.method.step import Networks, fake_score_loss, npedit_student_loss, student_samples, warmup_loss
+from npedit.method.unroll import sample
+from npedit.outputs import MetricsLog, save_sample_grid
+
+
+def build_dataset(cfg: Config):
+    if cfg.data.kind == "shapes":
+        return ShapesEditDataset(num_examples=cfg.data.num_examples, image_size=cfg.data.image_size,
+                                 seed=cfg.train.seed)
+    return ManifestDataset(cfg.data.manifest, image_size=cfg.data.image_size)
+
+
+def vocabulary_for(cfg: Config) -> list[str]:
+    if cfg.data.kind == "manifest":
+        records = read_manifest(cfg.data.manifest)
+        texts = [r.get(k, "") for r in records for k in ("instruction", "caption", "target_caption", "object")]
+        return default_words(texts)
+    return default_words()
+
+
+def networks_for(engines: Engines, models: Models, cfg: Config) -> Networks:
+    diffusion = BuiltinDiffusion(engines.text_encoder, models.text_tokenizer, engines.codec, cfg.text.max_length)
+    judge = BuiltinJudge(engines.vlm, models.vlm_tokenizer, cfg.vlm.max_text_len, cfg.vlm.answer_loss)
+    return Networks(engines.student, engines.fake, engines.real, diffusion, judge)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, output_dir: str | Path, ds_user: dict | None = None,
+                 ds_source: str = "generated", resume: bool = False):
+        self.cfg, self.output_dir, self.resume = cfg, Path(output_dir), resume
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if list_checkpoints(self.output_dir) and not resume:
+            raise ConfigError(f"{self.output_dir} already holds checkpoints; pass --resume to continue that run "
+                              "or choose another --output_dir")
+        if resume and cfg.train.max_steps <= 0:
+            raise ConfigError("train.max_steps must be > 0")
+        # checks that need no engine: DeepSpeed JSON, data, model folders
+        self.base_ds = base_ds_config(cfg, world, ds_user, ds_source)
+        self.dataset = build_dataset(cfg)
+        words = vocabulary_for(cfg)
+        self.models = build_models(cfg, words)
+
+        self.rank, self.world, self.device = init_distributed()
+        self.engines = build_engines(self.models, cfg, self.base_ds, self.device)
+        self.nets = networks_for(self.engines, self.models, cfg)
+        self.loader = StepLoader(self.dataset, cfg.data.batch_size, self.rank, self.world, cfg.train.seed)
+        self.sample_batch = collate([self.dataset[len(self.dataset) - 1 - i]
+                                     for i in range(min(cfg.train.num_samples, len(self.dataset)))])
+        self.log = MetricsLog(self.output_dir, cfg.train.tensorboard) if self.rank == 0 else None
+        self.start_step = 0
+        if resume:
+            ckpt = latest_checkpoint(self.output_dir)
+            if ckpt is not None:
+                self.start_step = load_checkpoint(ckpt, self.engines, self.rank, self.world)
+                if self.log is not None:
+                    self.log.truncate_after(self.start_step)
+
+    # ------------------------------------------------------------------ one step of each stage
+    def _data_index(self, step: int, offset: int = 0) -> int:
+        return step * (1 + self.cfg.method.fake_updates) + offset
+
+    def warmup_step(self, step: int) -> dict:
+        batch = self.loader.batch(self._data_index(step)).to(self.device)
+        loss, metrics = warmup_loss(self.nets, batch, step, self.cfg, self.rank)
+        self.engines.student.backward(loss)
+        self.engines.student.step()
+        return {**metrics, "grad_norm": grad_norm(self.engines.student)}
+
+    def npedit_step(self, step: int) -> dict:
+        cfg, eng = self.cfg, self.engines
+        batch = self.loader.batch(self._data_index(step)).to(self.device)
+        loss, metrics, _ = npedit_student_loss(self.nets, batch, step, cfg, self.rank)
+        eng.student.backward(loss)
+        eng.student.step()
+        metrics["grad_norm"] = grad_norm(eng.student)
+        fake_losses = []
+        for j in range(cfg.method.fake_updates):  # two time-scale rule: N_aux critic updates per student update
+            index = self._data_index(step, 1 + j)
+            aux = self.loader.batch(index).to(self.device)
+            x0, cap_emb = student_samples(self.nets, aux, step, cfg, self.rank, stream_step=index)
+            loss_fake = fake_score_loss(self.nets, x0, cap_emb, cfg, self.rank, stream_step=index)
+            eng.fake.backward(loss_fake)
+            eng.fake.step()
+            fake_losses.append(float(loss_fake.detach()))
+        metrics["loss_fake"] = sum(fake_losses) / len(fake_losses) if fake_losses else float("nan")
+        metrics["grad_norm_fake"] = grad_norm(eng.fake) if fake_losses else float("nan")
+        return metrics
+
+    # ------------------------------------------------------------------ outputs
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path | None:
+        """4-step inference on a fixed set of examples (every rank runs it: ZeRO-3 needs identical calls)."""
+        batch = self.sample_batch.to(self.device)
+        diffusion = self.nets.diffusion
+        text = diffusion.encode_text(list(batch.instructions))
+        ref = diffusion.encode_images(batch.images)
+        student = self.engines.student.module
+        velocity = (lambda x, t: diffusion.velocity(student, x, t, text, ref))
+        gen = rank_generator(self.cfg.train.seed, 0, 0, "sample")
+        x0 = sample(velocity, tuple(ref.shape), student_timesteps(self.cfg.method), gen, self.device)
+        images = diffusion.decode_latents(x0)
+        if self.rank != 0:
+            return None
+        return save_sample_grid(self.output_dir / "samples" / f"step_{step}.png", batch.images.cpu(),
+                                images.cpu(), [f"[{c}] {s}" for c, s in zip(batch.categories, batch.instructions)])
+
+    def checkpoint(self, step: int) -> None:
+        save_checkpoint(self.output_dir, step, self.engines, self.models, self.cfg.to_dict(), self.rank,
+                        self.world, self.cfg.train.keep_checkpoints)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        cfg = self.cfg.train
+        last: dict = {}
+        bar = tqdm(total=cfg.max_steps, initial=self.start_step, disable=self.rank != 0, desc="train",
+                   dynamic_ncols=True)
+        for step in range(self.start_step, cfg.max_steps):
+            t0 = time.perf_counter()
+            stage = "warmup" if step < cfg.warmup_stage_steps else "npedit"
+            metrics = self.warmup_step(step) if stage == "warmup" else self.npedit_step(step)
+            done = step + 1
+            metrics = mean_across_ranks({k: v for k, v in metrics.items()})
+            row = {"step": done, "stage": stage, "loss_vlm": None, "loss_dmd": None, "loss_fake": None,
+                   **{k: (None if v != v else v) for k, v in metrics.items()},
+                   "lr": float(self.engines.student.get_lr()[0]), "time_s": time.perf_counter() - t0}
+            last = row
+            if self.log is not None and (done % cfg.log_every == 0 or done == cfg.max_steps):
+                self.log.log(row)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake")
+                             if isinstance(row.get(k), float)})
+            bar.update(1)
+            if done % cfg.sample_every == 0 or done == cfg.max_steps:
+                self.write_samples(done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                self.checkpoint(done)
+        bar.close()
+        if self.log is not None:
+            self.log.close()
+        barrier()
+        return last
