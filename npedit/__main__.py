@@ -1,0 +1,5 @@
+import sys
+
+from npedit.cli import main
+
+sys.exit(main())

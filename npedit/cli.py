@@ -1,0 +1,58 @@
+"""`npedit` command line: train, edit."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def edit_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="npedit edit", description="Edit an image with a trained student (4 steps).")
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoints/step_<N> or its export/")
+    p.add_argument("--image", required=True, help="input image (any size; centre-cropped and resized)")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    args = p.parse_args(argv)
+    from npedit.data.images import load_image
+    from npedit.inference import Editor
+    from npedit.outputs import save_image
+
+    try:
+        editor = Editor.from_checkpoint(args.checkpoint, args.device)
+        image = load_image(args.image, editor.image_size)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"npedit edit: error: {exc}", file=sys.stderr)
+        return 2
+    out = editor.edit(image[None], [args.instruction], seed=args.seed)[0]
+    save_image(out, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+COMMANDS = {"edit": edit_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: npedit {train,edit} ...\n  train  train NP-Edit (same flags as npedit/train.py)\n"
+              "  edit   edit one image with a trained checkpoint")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from npedit.train import main as train_main
+        return train_main(rest)
+    if command not in COMMANDS:
+        print(f"npedit: unknown command {command!r}; choose from train, {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""4-step editing with a trained student, from a checkpoint's export/ folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from npedit.adapters.builtin import BuiltinDiffusion
+from npedit.config import Config
+from npedit.engine.checkpoint import latest_checkpoint
+from npedit.method.schedule import student_timesteps
+from npedit.method.unroll import sample
+from npedit.models.codec import PatchCodec
+from npedit.models.dit import FlowDiT
+from npedit.models.text_encoder import TextEncoder
+from npedit.models.tokenizer import WordTokenizer
+
+
+def resolve_export(checkpoint: str | Path) -> Path:
+    """Accepts a run directory (its latest checkpoint), a checkpoints/step_<N> folder, or an export/ folder."""
+    path = Path(checkpoint)
+    if (path / "export" / "student").is_dir():
+        return path / "export"
+    if (path / "student").is_dir() and (path / "config.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest / "export"
+    raise FileNotFoundError(f"--checkpoint {checkpoint}: no checkpoint found (expected a run directory with "
+                            "checkpoints/step_<N>/, a step_<N> folder, or its export/ folder)")
+
+
+class Editor:
+    """Loads student, text encoder, tokenizer and codec; edits images in 4 steps (no CFG)."""
+
+    def __init__(self, export_dir: str | Path, device: str | torch.device = "cpu"):
+        export = Path(export_dir)
+        self.config = Config.from_dict(json.loads((export / "config.json").read_text()))
+        self.device = torch.device(device)
+        self.student = FlowDiT.from_pretrained(export / "student").to(self.device).eval()
+        text_encoder = TextEncoder.from_pretrained(export / "text_encoder").to(self.device).eval()
+        tokenizer = WordTokenizer.from_pretrained(export / "text_encoder")
+        codec = PatchCodec.from_pretrained(export / "codec").to(self.device)
+        self.diffusion = BuiltinDiffusion(text_encoder, tokenizer, codec, self.config.text.max_length)
+        self.image_size = self.config.data.image_size
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device="cpu") -> "Editor":
+        return cls(resolve_export(checkpoint), device)
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, instructions: list[str], seed: int = 0) -> torch.Tensor:
+        """images [B, 3, S, S] in [0, 1] at the trained size -> edited [B, 3, S, S] in [0, 1]."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"images must be {self.image_size}x{self.image_size} (the trained size), "
+                             f"got {tuple(images.shape[-2:])}")
+        images = images.to(self.device)
+        text = self.diffusion.encode_text(list(instructions))
+        ref = self.diffusion.encode_images(images)
+        velocity = (lambda x, t: self.diffusion.velocity(self.student, x, t, text, ref))
+        gen = torch.Generator().manual_seed(seed)
+        x0 = sample(velocity, tuple(ref.shape), student_timesteps(self.config.method), gen, self.device)
+        return self.diffusion.decode_latents(x0).clamp(0, 1)
