@@ -14,11 +14,14 @@ def edit_main(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     args = p.parse_args(argv)
-    from npedit.data.images import load_image
+    from npedit.data.images import check_image, load_image
     from npedit.inference import Editor
     from npedit.outputs import save_image
 
     try:
+        problem = check_image(args.image)
+        if problem:
+            raise ValueError(f"--image {args.image}: {problem}")
         editor = Editor.from_checkpoint(args.checkpoint, args.device)
         image = load_image(args.image, editor.image_size)
     except (FileNotFoundError, ValueError) as exc:

@@ -5,9 +5,10 @@ import json
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from npedit.data.images import tensor_to_pil
 
 REQUIRED_METRICS = ("step", "loss_vlm", "loss_dmd", "loss_fake", "grad_norm", "lr", "time_s")
 
@@ -61,15 +62,9 @@ class MetricsLog:
             self.writer.close()
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] float (nominally [0, 1]) -> RGB PIL image (clamped)."""
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array)
-
-
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image).save(path)
+    tensor_to_pil(image).save(path)
 
 
 def image_grid(columns: list[torch.Tensor], captions: list[str], headers: list[str], cell: int = 128) -> Image.Image:
@@ -86,7 +81,7 @@ def image_grid(columns: list[torch.Tensor], captions: list[str], headers: list[s
     for i in range(n):
         y = head_h + i * (cell + text_h + pad)
         for j, col in enumerate(columns):
-            tile = to_pil(col[i]).resize((cell, cell), Image.NEAREST)
+            tile = tensor_to_pil(col[i]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (pad + j * (cell + pad), y))
         lines = textwrap.wrap(captions[i], width=max(20, width // 6))[:2]
         draw.text((pad, y + cell + 2), "\n".join(lines), fill=(0, 0, 0), font=font)
