@@ -40,7 +40,7 @@ class TextConfig:
     pretrained: str = ""          # folder with a saved TextEncoder + tokenizer.json ("" = fresh)
     dim: int = 64
     depth: int = 2
-    max_length: int = 24
+    max_length: int = 32
 
 
 @dataclass
@@ -52,7 +52,7 @@ class VLMConfig:
     vision_dim: int = 64
     vision_depth: int = 2
     patch_size: int = 4
-    max_text_len: int = 40
+    max_text_len: int = 32
     answer_loss: str = "binary"   # binary (Yes/No logits, the paper) | vocab (full-vocabulary CE ablation)
 
     def __post_init__(self):

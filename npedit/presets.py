@@ -22,8 +22,8 @@ def shapes_tiny() -> Config:
     """Smallest useful models: tests and smoke runs (seconds per step on a CPU)."""
     return Config(
         student=StudentConfig(dim=32, depth=2, heads=2),
-        text=TextConfig(dim=16, depth=1, max_length=20),
-        vlm=VLMConfig(dim=32, depth=1, vision_dim=16, vision_depth=1, patch_size=4, max_text_len=40),
+        text=TextConfig(dim=16, depth=1),
+        vlm=VLMConfig(dim=32, depth=1, vision_dim=16, vision_depth=1, patch_size=4),
         data=DataConfig(kind="shapes", image_size=16, batch_size=2, num_examples=64),
         method=MethodConfig(tau_ramp_steps=10, fake_updates=1, nothing_prob=0.25),
         student_optim=OptimConfig(lr=1e-3),

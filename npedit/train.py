@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the package, not sibling files
@@ -31,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # DeepSpeed 0.19 calls collectives that torch 2.13 deprecates, once per step: not the user's concern
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)")
     from npedit.config import ConfigError, apply_overrides
     from npedit.presets import get_preset
 

@@ -44,7 +44,7 @@ class BuiltinDiffusion:
         """model(x_t [B,C,h,w], t [B], text [B,L,D], ref [B,C,h,w]) -> v [B,C,h,w] in fp32."""
         dtype = module_dtype(model.module if hasattr(model, "module") else model)
         cast = (lambda x: None if x is None else x.to(dtype))
-        return model(cast(x_t), cast(t), cast(text), cast(ref)).float()
+        return model(cast(x_t), t.float(), cast(text), cast(ref)).float()  # t stays fp32 (bf16 keeps ~3 digits)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> latents [B, C, h, w] fp32."""

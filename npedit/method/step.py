@@ -90,7 +90,7 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     loss = m.vlm_weight * loss_vlm + m.dmd_weight * loss_dmd + m.nothing_weight * loss_nothing
     metrics = {"loss_vlm": loss_vlm.detach(), "loss_dmd": loss_dmd.detach(), "loss_nothing": loss_nothing.detach(),
                "loss_student": loss.detach(), "unroll_k": float(k), "vlm_tau": tau,
-               "vlm_answer_acc": (per_question.detach() < 0.6931).float().mean()}
+               "vlm_answer_acc": losses.weighted_mean((per_question.detach() < 0.6931).float(), weights)}
     return loss, metrics, x0.detach()
 
 

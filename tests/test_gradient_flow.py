@@ -1,0 +1,117 @@
+"""Where the student's loss sends gradients (METHOD.md): through the VLM and the codec decode, and
+through DMD into the student only; frozen networks never change; the fake score gets nothing."""
+import copy
+
+import pytest
+import torch
+
+from npedit.adapters.builtin import BuiltinDiffusion, BuiltinJudge
+from npedit.build import build_models
+from npedit.config import apply_overrides
+from npedit.data.example import collate
+from npedit.data.shapes import ShapesEditDataset
+from npedit.method.questions import Question
+from npedit.method.schedule import sample_unroll_depth
+from npedit.method.step import Networks, npedit_student_loss
+from npedit.models.vlm import LMHead
+from npedit.presets import get_preset
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.05) -> None:
+    """Move off the adaLN-Zero init (zero gates give exact-zero gradients to some parameters)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def _setup(overrides):
+    cfg = apply_overrides(get_preset("shapes_tiny"), ["method.nothing_prob=0.0"] + overrides)
+    models = build_models(cfg)
+    for m in (models.student, models.real, models.fake):
+        _perturb(m)
+    models.fake.load_state_dict({k: v + 0.01 for k, v in models.real.state_dict().items()})  # fake != real
+    nets = Networks(models.student, models.fake, models.real,
+                    BuiltinDiffusion(models.text_encoder, models.text_tokenizer, models.codec, cfg.text.max_length),
+                    BuiltinJudge(models.vlm, models.vlm_tokenizer, cfg.vlm.max_text_len))
+    ds = ShapesEditDataset(num_examples=16, image_size=cfg.data.image_size)
+    batch = collate([ds[i] for i in range(4)])
+    return cfg, models, nets, batch
+
+
+@pytest.mark.parametrize("term, overrides", [
+    ("vlm", ["method.dmd_weight=0.0", "method.vlm_weight=1.0"]),
+    ("dmd", ["method.vlm_weight=0.0", "method.dmd_weight=1.0"]),
+])
+def test_student_loss_reaches_every_student_parameter_and_nothing_else(term, overrides):
+    cfg, models, nets, batch = _setup(overrides)
+    frozen_before = {name: copy.deepcopy(m.state_dict()) for name, m in
+                     (("real", models.real), ("vlm", models.vlm), ("text", models.text_encoder), ("fake", models.fake))}
+    depths = {sample_unroll_depth(cfg.train.seed, s, 4): s for s in range(20)}
+    for step in (depths[1], depths[2]):  # one pass, and two passes with the re-noise between them
+        models.student.zero_grad(set_to_none=True)
+        loss, metrics, _ = npedit_student_loss(nets, batch, step, cfg, rank=0)
+        assert torch.isfinite(loss.detach()) and float(loss.detach()) > 0
+        loss.backward()
+        missing = [n for n, p in models.student.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        assert not missing, f"{term}: no gradient reached {missing}"
+    for name, module in (("real", models.real), ("vlm", models.vlm), ("text", models.text_encoder),
+                         ("fake", models.fake)):
+        assert all(p.grad is None for p in module.parameters()), f"{name} got a gradient from the student loss"
+    torch.optim.SGD(models.student.parameters(), lr=0.1).step()
+    for name, module in (("real", models.real), ("vlm", models.vlm), ("text", models.text_encoder),
+                         ("fake", models.fake)):
+        after = module.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in frozen_before[name].items()), f"{name} changed"
+
+
+def test_vlm_gradient_passes_through_codec_decode_to_the_pixels():
+    cfg, models, nets, batch = _setup([])
+    latents = torch.randn(2, models.codec.latent_channels, 8, 8, requires_grad=True)
+    edited = nets.diffusion.decode_latents(latents)
+    qs = [Question(0, ("ref", "edit"), "was the edit carried out ?", "yes"), Question(1, ("edit",), "is there a red circle in the image ?", "no")]
+    nets.judge.answer_losses(qs, edited, batch.images[:2], scale=1.0).sum().backward()
+    assert latents.grad is not None and latents.grad[0].abs().sum() > 0 and latents.grad[1].abs().sum() > 0
+
+
+class _StubVLM(torch.nn.Module):
+    """A judge whose answer-position hidden state is fixed, so the Yes/No logits are known."""
+
+    class config:  # noqa: N801
+        max_images = 2
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+        self.lm_head = LMHead(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.lm_head.weight.copy_(weight)
+
+    def encode_images(self, images):
+        return images.flatten(1)[:, None, :4]
+
+    def answer_hidden(self, feats, present, ids, mask):
+        return self.hidden + 0 * feats.sum()
+
+
+class _Tok:
+    def token_id(self, word):
+        return {"yes": 2, "no": 3}[word]
+
+    def encode(self, texts, max_length, pad_to_max=True, add_bos=False):
+        return torch.zeros(len(texts), 4, dtype=torch.long), torch.ones(len(texts), 4, dtype=torch.bool)
+
+
+def test_vlm_loss_equals_log_sigmoid_of_scaled_margin_for_yes_and_no():
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    weight = torch.zeros(5, 2)
+    weight[2] = torch.tensor([2.0, -1.0])   # "yes" row: logits 2 (q0), -1 (q1)
+    weight[3] = torch.tensor([0.5, 3.0])    # "no"  row: logits 0.5 (q0), 3 (q1)
+    judge = BuiltinJudge(_StubVLM(hidden, weight), _Tok(), max_text_len=4)
+    qs = [Question(0, ("ref", "edit"), "q", "yes"), Question(1, ("edit",), "q", "no")]
+    tau = 0.37
+    got = judge.answer_losses(qs, torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), scale=tau)
+    l_yes = torch.tensor([2.0, -1.0])
+    l_no = torch.tensor([0.5, 3.0])
+    expected = torch.stack([-torch.nn.functional.logsigmoid(tau * (l_yes[0] - l_no[0])),
+                            -torch.nn.functional.logsigmoid(tau * (l_no[1] - l_yes[1]))])
+    torch.testing.assert_close(got, expected)
