@@ -1,7 +1,7 @@
 """Run under torchrun / deepspeed: train a few steps, then dump every rank's full parameters.
 
 usage: train_and_dump.py OUTPUT_DIR [--set key=value ...]
-Writes OUTPUT_DIR/params_rank<r>.pt with the gathered student and fake-score state dicts.
+Writes OUTPUT_DIR/params_rank<r>.pt with the student and fake-score parameters as this rank holds them.
 """
 import sys
 from pathlib import Path
@@ -16,8 +16,11 @@ from npedit.presets import get_preset  # noqa: E402
 from npedit.trainer import Trainer  # noqa: E402
 
 
-def gathered_state(module: torch.nn.Module) -> dict:
+def rank_state(module: torch.nn.Module) -> dict:
+    """This rank's full parameters: its own replica (ZeRO 0-2), or gathered from the shards (ZeRO-3)."""
     params = list(module.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return {name: p.detach().clone().float() for name, p in module.named_parameters()}
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         return {name: p.detach().clone().float() for name, p in module.named_parameters()}
 
@@ -28,8 +31,8 @@ def main() -> None:
     cfg = apply_overrides(get_preset("shapes_tiny"), overrides)
     trainer = Trainer(cfg, out, ds_user=None)
     last = trainer.run()
-    state = {"student": gathered_state(trainer.engines.student.module),
-             "fake": gathered_state(trainer.engines.fake.module), "last": last,
+    state = {"student": rank_state(trainer.engines.student.module),
+             "fake": rank_state(trainer.engines.fake.module), "last": last,
              "world_size": trainer.world}
     torch.save(state, out / f"params_rank{trainer.rank}.pt")
 

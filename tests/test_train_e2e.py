@@ -1,0 +1,110 @@
+"""The training entry point end to end, as users run it (subprocesses, real DeepSpeed on CPU/gloo)."""
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO, read_metrics, run, train
+from npedit.build import build_models
+from npedit.config import apply_overrides
+from npedit.outputs import REQUIRED_METRICS
+from npedit.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """4 steps of the tiny preset in one go (checkpoints at 2 and 4, samples at 2 and 4)."""
+    out = tmp_path_factory.mktemp("straight")
+    train(out, "--max_steps", "4")
+    return out
+
+
+def test_run_writes_metrics_samples_and_complete_checkpoints(straight_run):
+    rows = read_metrics(straight_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["stage"] == "warmup" and all(r["stage"] == "npedit" for r in rows[1:])
+    for row in rows[1:]:
+        for key in REQUIRED_METRICS:
+            assert key in row and row[key] is not None, key
+            assert row[key] == row[key]  # not NaN
+    assert (straight_run / "samples" / "step_2.png").is_file() and (straight_run / "samples" / "step_4.png").is_file()
+    for step in (2, 4):
+        ckpt = straight_run / "checkpoints" / f"step_{step}"
+        assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == step
+        for part in ("student/ds", "fake/ds", "rng_rank0.pt", "export/student/model.safetensors",
+                     "export/text_encoder/tokenizer.json", "export/codec/config.json", "export/config.json"):
+            assert (ckpt / part).exists(), part
+    assert not list((straight_run / "checkpoints").glob(".tmp*"))
+
+
+def test_edit_cli_on_the_trained_checkpoint(straight_run, tmp_path):
+    from PIL import Image
+
+    from npedit.data.shapes import ShapesEditDataset
+    from npedit.data.images import tensor_to_pil
+    src = tmp_path / "in.png"
+    tensor_to_pil(ShapesEditDataset(num_examples=4, image_size=48)[0].image).save(src)  # resized on load
+    out = tmp_path / "out.png"
+    run([sys.executable, "-m", "npedit", "edit", "--checkpoint", str(straight_run), "--image", str(src),
+         "--instruction", "make the red circle blue", "--out", str(out), "--device", "cpu"])
+    assert Image.open(out).size == (16, 16)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    proc = run([sys.executable, "-m", "npedit", "edit", "--checkpoint", str(straight_run), "--image", str(bad),
+                "--instruction", "x", "--out", str(out)], check=False)
+    assert proc.returncode == 2 and "bad.png" in proc.stderr
+
+
+def test_resume_matches_a_straight_run(straight_run, tmp_path):
+    train(tmp_path, "--max_steps", "2")
+    train(tmp_path, "--max_steps", "4", "--resume")
+    straight, resumed = read_metrics(straight_run), read_metrics(tmp_path)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed):
+        for key in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake"):
+            if a.get(key) is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    wa = load_file(straight_run / "checkpoints/step_4/export/student/model.safetensors")
+    wb = load_file(tmp_path / "checkpoints/step_4/export/student/model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
+
+
+def test_keeps_only_the_latest_checkpoints_and_refuses_to_overwrite(tmp_path):
+    train(tmp_path, "--max_steps", "4", "--set", "train.keep_checkpoints=1")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4"]
+    proc = train(tmp_path, "--max_steps", "6", check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_4"]
+
+
+@pytest.mark.multiproc
+def test_two_ranks_zero3_with_the_deepspeed_launcher(tmp_path):
+    run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29631",
+         "npedit/train.py", "--ds_config", "configs/zero3_cpu.json", "--preset", "shapes_tiny",
+         "--output_dir", str(tmp_path), "--max_steps", "3"], timeout=900)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss_student"])) for r in rows)
+    assert (tmp_path / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+    shards = sorted((tmp_path / "checkpoints" / "step_3" / "student" / "ds").glob("*optim_states.pt"))
+    assert len(shards) == 2  # one ZeRO-3 optimizer shard per rank
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_keep_identical_parameters(tmp_path, stage):
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29640 + stage),
+         "tests/workers/train_and_dump.py", str(tmp_path), f"train.zero_stage={stage}", "train.max_steps=3"],
+        timeout=900)
+    ranks = [torch.load(tmp_path / f"params_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    init = build_models(apply_overrides(get_preset("shapes_tiny"), [f"train.zero_stage={stage}"]))
+    for net, fresh in (("student", init.student), ("fake", init.fake)):
+        for name, value in ranks[0][net].items():
+            assert torch.equal(value, ranks[1][net][name]), (net, name)
+        changed = [n for n, p in fresh.named_parameters() if not torch.equal(p.detach(), ranks[0][net][n])]
+        assert changed, f"{net}: training did not change any parameter"
+    assert ranks[0]["world_size"] == 2
+    assert all(v is None or v == v for v in ranks[0]["last"].values() if not isinstance(v, str))
