@@ -38,14 +38,27 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-COMMANDS = {"edit": edit_main}
+def eval_main(argv) -> int:
+    from npedit.eval.cli import main
+    return main(argv)
+
+
+def pretrain_main(argv) -> int:
+    from npedit.pretrain.cli import main
+    return main(argv)
+
+
+COMMANDS = {"edit": edit_main, "eval": eval_main, "pretrain": pretrain_main}
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: npedit {train,edit} ...\n  train  train NP-Edit (same flags as npedit/train.py)\n"
-              "  edit   edit one image with a trained checkpoint")
+        print("usage: npedit {train,edit,eval,pretrain} ...\n"
+              "  train     train NP-Edit (same flags as npedit/train.py)\n"
+              "  edit      edit one image with a trained checkpoint\n"
+              "  eval      oracle evaluation of a checkpoint on the shapes world\n"
+              "  pretrain  train the shapes world's toy teacher or toy judge")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":

@@ -101,6 +101,7 @@ class MethodConfig:
     dmd_t_max: float = 0.98
     fake_updates: int = 5         # N_aux critic updates per student update
     identity_question: bool = True
+    question_style: str = "instruction"  # instruction (the paper's) | caption (generic questions; shapes judge)
 
     def __post_init__(self):
         if not self.timesteps or any(not 0 < t <= 1 for t in self.timesteps):
@@ -112,6 +113,8 @@ class MethodConfig:
             raise ConfigError(f"method.hard_categories has unknown categories {unknown}; known: {list(CATEGORIES)}")
         if not 0 <= self.dmd_t_min < self.dmd_t_max <= 1:
             raise ConfigError("method.dmd_t_min/dmd_t_max must satisfy 0 <= min < max <= 1")
+        if self.question_style not in ("instruction", "caption"):
+            raise ConfigError(f"method.question_style must be instruction|caption, got {self.question_style!r}")
         if self.fake_updates < 0:
             raise ConfigError("method.fake_updates must be >= 0")
 
@@ -146,6 +149,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_samples: int = 8          # rows of the sample grid
     tensorboard: bool = True
+    oracle_eval_examples: int = 0  # shapes world: held-out edits scored by the oracle before and after training
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):

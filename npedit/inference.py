@@ -17,6 +17,17 @@ from npedit.models.text_encoder import TextEncoder
 from npedit.models.tokenizer import WordTokenizer
 
 
+@torch.no_grad()
+def edit_images(diffusion, student, images: torch.Tensor, instructions: list[str], timesteps: list[float],
+                generator: torch.Generator) -> torch.Tensor:
+    """Few-step editing: [B,3,S,S] in [0,1] + instructions -> [B,3,S,S] in [0,1] (no CFG)."""
+    text = diffusion.encode_text(list(instructions))
+    ref = diffusion.encode_images(images)
+    velocity = (lambda x, t: diffusion.velocity(student, x, t, text, ref))
+    x0 = sample(velocity, tuple(ref.shape), timesteps, generator, images.device)
+    return diffusion.decode_latents(x0).clamp(0, 1)
+
+
 def resolve_export(checkpoint: str | Path) -> Path:
     """Accepts a run directory (its latest checkpoint), a checkpoints/step_<N> folder, or an export/ folder."""
     path = Path(checkpoint)
@@ -55,10 +66,5 @@ class Editor:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"images must be {self.image_size}x{self.image_size} (the trained size), "
                              f"got {tuple(images.shape[-2:])}")
-        images = images.to(self.device)
-        text = self.diffusion.encode_text(list(instructions))
-        ref = self.diffusion.encode_images(images)
-        velocity = (lambda x, t: self.diffusion.velocity(self.student, x, t, text, ref))
-        gen = torch.Generator().manual_seed(seed)
-        x0 = sample(velocity, tuple(ref.shape), student_timesteps(self.config.method), gen, self.device)
-        return self.diffusion.decode_latents(x0).clamp(0, 1)
+        return edit_images(self.diffusion, self.student, images.to(self.device), instructions,
+                           student_timesteps(self.config.method), torch.Generator().manual_seed(seed))

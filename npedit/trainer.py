@@ -6,6 +6,7 @@ position is derived from the step, so a resumed run sees exactly the batches it 
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from npedit.engine.engines import Engines, build_engines, grad_norm
 from npedit.adapters.builtin import BuiltinDiffusion, BuiltinJudge
 from npedit.method.schedule import rank_generator, student_timesteps
 from npedit.method.step import Networks, fake_score_loss, npedit_student_loss, student_samples, warmup_loss
-from npedit.method.unroll import sample
+from npedit.inference import edit_images
 from npedit.outputs import MetricsLog, save_sample_grid
 
 
@@ -115,21 +116,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
+    def edit(self, images: torch.Tensor, instructions: list[str], seed: int = 0) -> torch.Tensor:
+        """4-step inference with the current student: [B,3,S,S] in [0,1] -> [B,3,S,S].
+        Every rank must call it (ZeRO-3 gathers the student's parameters collectively)."""
+        gen = rank_generator(self.cfg.train.seed + seed, 0, 0, "sample")
+        return edit_images(self.nets.diffusion, self.engines.student.module, images.to(self.device), instructions,
+                           student_timesteps(self.cfg.method), gen)
+
     def write_samples(self, step: int) -> Path | None:
-        """4-step inference on a fixed set of examples (every rank runs it: ZeRO-3 needs identical calls)."""
-        batch = self.sample_batch.to(self.device)
-        diffusion = self.nets.diffusion
-        text = diffusion.encode_text(list(batch.instructions))
-        ref = diffusion.encode_images(batch.images)
-        student = self.engines.student.module
-        velocity = (lambda x, t: diffusion.velocity(student, x, t, text, ref))
-        gen = rank_generator(self.cfg.train.seed, 0, 0, "sample")
-        x0 = sample(velocity, tuple(ref.shape), student_timesteps(self.cfg.method), gen, self.device)
-        images = diffusion.decode_latents(x0)
+        """Sample grid on a fixed set of examples (every rank runs the inference)."""
+        batch = self.sample_batch
+        images = self.edit(batch.images, batch.instructions)
         if self.rank != 0:
             return None
         return save_sample_grid(self.output_dir / "samples" / f"step_{step}.png", batch.images.cpu(),
                                 images.cpu(), [f"[{c}] {s}" for c, s in zip(batch.categories, batch.instructions)])
+
+    def oracle_report(self, when: str) -> dict | None:
+        """Shapes world only: edit held-out scenes and score them against the renderer's truth."""
+        n = self.cfg.train.oracle_eval_examples
+        if self.cfg.data.kind != "shapes" or n <= 0:
+            return None
+        from npedit.eval.shapes_eval import evaluate_editor, format_report
+
+        report = evaluate_editor(self.edit, num_examples=n, image_size=self.cfg.data.image_size)
+        if self.rank == 0:
+            path = self.output_dir / "oracle_report.json"
+            reports = json.loads(path.read_text()) if path.is_file() else {}
+            reports[when] = report
+            path.write_text(json.dumps(reports, indent=2))
+            tqdm.write(f"oracle report ({when}):\n{format_report(report)}")
+        return report
 
     def checkpoint(self, step: int) -> None:
         save_checkpoint(self.output_dir, step, self.engines, self.models, self.cfg.to_dict(), self.rank,
@@ -139,6 +156,8 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg.train
         last: dict = {}
+        if self.start_step == 0:
+            self.oracle_report("before")
         bar = tqdm(total=cfg.max_steps, initial=self.start_step, disable=self.rank != 0, desc="train",
                    dynamic_ncols=True)
         for step in range(self.start_step, cfg.max_steps):
@@ -161,6 +180,8 @@ class Trainer:
             if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
                 self.checkpoint(done)
         bar.close()
+        if self.start_step < cfg.max_steps:
+            self.oracle_report("after")
         if self.log is not None:
             self.log.close()
         barrier()

@@ -101,3 +101,7 @@ def test_questions_per_category():
     assert qs[1].images == ("ref", "edit") and qs[1].answer == "yes"
     assert qs[2].answer == "yes" and "make the blue square green" in qs[2].text
     assert {"yes", "no", "?"} <= set(question_vocabulary())
+    qs, _ = build_questions(batch, identity=True, style="caption")
+    assert qs[0].images == ("edit",) and qs[0].answer == "no"           # removal: the object is gone
+    assert qs[1].text == "apart from the red circle , are the two images the same ?" and qs[1].answer == "yes"
+    assert qs[2].images == ("edit",) and qs[2].text == "does the image show y ?" and qs[2].answer == "yes"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, read_metrics, run, train
+from helpers import read_metrics, run, train
 from npedit.build import build_models
 from npedit.config import apply_overrides
 from npedit.outputs import REQUIRED_METRICS

@@ -64,7 +64,7 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
 
     # 2. VLM feedback through the decoder and the judge
     edited = nets.diffusion.decode_latents(x0)
-    questions, weights = build_questions(batch, m.identity_question, skip=nothing)
+    questions, weights = build_questions(batch, m.identity_question, skip=nothing, style=m.question_style)
     tau = vlm_logit_scale(step, m)
     per_question = nets.judge.answer_losses(questions, edited, batch.images, tau)
     loss_vlm = losses.weighted_mean(per_question, weights)
