@@ -39,6 +39,11 @@ class BuiltinDiffusion:
         ids, mask = self.tokenizer.encode(list(prompts), max_length=self.max_length, pad_to_max=True)
         return self.text_encoder(ids.to(self.device), mask.to(self.device))
 
+    @staticmethod
+    def cat_text(conds: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate text conditionings along the batch (conditionings also support [a:b] slicing)."""
+        return torch.cat(conds)
+
     def velocity(self, model, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                  ref: torch.Tensor | None = None) -> torch.Tensor:
         """model(x_t [B,C,h,w], t [B], text [B,L,D], ref [B,C,h,w]) -> v [B,C,h,w] in fp32."""

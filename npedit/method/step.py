@@ -77,7 +77,7 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     w = torch.where(hard, torch.full_like(t, m.cfg_scale_hard), torch.full_like(t, m.cfg_scale))
     with torch.no_grad():
         v_both = nets.diffusion.velocity(_module(nets.real), torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                         torch.cat([cap_emb, neg_emb]))
+                                         nets.diffusion.cat_text([cap_emb, neg_emb]))
         v_real = losses.cfg_velocity(v_both[:b], v_both[b:], w)
         v_fake = nets.diffusion.velocity(_module(nets.fake), x_t, t, cap_emb)
         x_real = x_t - _t_view(t, x_t) * v_real
