@@ -108,3 +108,11 @@ def test_two_ranks_keep_identical_parameters(tmp_path, stage):
         assert changed, f"{net}: training did not change any parameter"
     assert ranks[0]["world_size"] == 2
     assert all(v is None or v == v for v in ranks[0]["last"].values() if not isinstance(v, str))
+
+
+def test_bf16_run(tmp_path):
+    train(tmp_path, "--max_steps", "3", "--set", "train.precision=bf16", "--set", "student.checkpointing=full")
+    rows = read_metrics(tmp_path)
+    assert all(r["loss_student"] == r["loss_student"] for r in rows)  # finite, not NaN
+    weights = load_file(tmp_path / "checkpoints/step_3/export/student/model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
