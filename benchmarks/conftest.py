@@ -1,9 +1,5 @@
 """Benchmark suite set-up: `pytest benchmarks/ --benchmark` enables it; a plain run skips it."""
-import os
-
-os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda")
-
-import pytest  # noqa: E402
+import pytest
 
 
 def pytest_addoption(parser):
