@@ -20,9 +20,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class StudentConfig:
-    """The student DiT; the real score and the fake score start from the same base weights."""
-    pretrained: str = ""          # folder of a saved FlowDiT ("" = fresh init from the fields below)
-    teacher: str = ""             # real-score weights ("" = same as `pretrained`)
+    """The student DiT; the real score and the fake score start from the same base weights.
+
+    `pretrained` is a built-in FlowDiT folder, or a diffusers pipeline (SD3 / SD3.5, FLUX.1 / Kontext)
+    as a local folder or hub id: its family is read from the folder's model_index.json / config.json.
+    dim/depth/heads/patch_size only shape a fresh built-in DiT."""
+    pretrained: str = ""          # built-in FlowDiT folder | diffusers pipeline folder or hub id ("" = fresh)
+    teacher: str = ""             # real-score (and fake-score) base weights ("" = same as `pretrained`)
+    guidance: float = 3.5         # embedded guidance of guidance-distilled FLUX (FLUX.1-dev / Kontext-dev)
     dim: int = 128
     depth: int = 4
     heads: int = 4
@@ -40,13 +45,15 @@ class TextConfig:
     pretrained: str = ""          # folder with a saved TextEncoder + tokenizer.json ("" = fresh)
     dim: int = 64
     depth: int = 2
-    max_length: int = 32
+    max_length: int = 32          # prompt tokens (built-in encoder; T5 sequence length of SD3 / FLUX pipelines)
 
 
 @dataclass
 class VLMConfig:
-    """Frozen VLM judge."""
-    pretrained: str = ""          # folder with a saved TinyVLM + tokenizer.json ("" = fresh)
+    """Frozen VLM judge: a built-in TinyVLM, or a transformers VLM (Qwen2-VL, Qwen2.5-VL,
+    LLaVA-OneVision, InternVL) as a local folder or hub id, its family read from config.json."""
+    pretrained: str = ""          # TinyVLM folder + tokenizer.json | transformers VLM folder or hub id ("" = fresh)
+    image_size: int = 0           # transformers judges: square size images are resized to (0 = the model's own)
     dim: int = 128
     depth: int = 3
     vision_dim: int = 64
@@ -56,6 +63,8 @@ class VLMConfig:
     answer_loss: str = "binary"   # binary (Yes/No logits, the paper) | vocab (full-vocabulary CE ablation)
 
     def __post_init__(self):
+        if self.image_size < 0:
+            raise ConfigError(f"vlm.image_size must be >= 0 (0 = the judge's own size), got {self.image_size}")
         if self.answer_loss not in ("binary", "vocab"):
             raise ConfigError(f"vlm.answer_loss must be binary|vocab, got {self.answer_loss!r}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from npedit.build import Models, build_models, default_words
+from npedit.build import ModelPlan, RunModels, default_words
 from npedit.config import Config, ConfigError
 from npedit.data.loader import StepLoader
 from npedit.data.manifest import ManifestDataset, read_manifest
@@ -24,7 +24,6 @@ from npedit.engine.checkpoint import latest_checkpoint, list_checkpoints, load_c
 from npedit.engine.distributed import barrier, init_distributed, mean_across_ranks
 from npedit.engine.ds_config import base_ds_config
 from npedit.engine.engines import Engines, build_engines, grad_norm
-from npedit.adapters.builtin import BuiltinDiffusion, BuiltinJudge
 from npedit.method.schedule import rank_generator, student_timesteps
 from npedit.method.step import Networks, fake_score_loss, npedit_student_loss, student_samples, warmup_loss
 from npedit.inference import edit_images
@@ -46,9 +45,9 @@ def vocabulary_for(cfg: Config) -> list[str]:
     return default_words()
 
 
-def networks_for(engines: Engines, models: Models, cfg: Config) -> Networks:
-    diffusion = BuiltinDiffusion(engines.text_encoder, models.text_tokenizer, engines.codec, cfg.text.max_length)
-    judge = BuiltinJudge(engines.vlm, models.vlm_tokenizer, cfg.vlm.max_text_len, cfg.vlm.answer_loss)
+def networks_for(engines: Engines, models: RunModels, cfg: Config) -> Networks:
+    """The method's view of the engines: trainable engines, frozen modules, family adapters."""
+    diffusion, judge = models.plan.networks(engines.modules)
     return Networks(engines.student, engines.fake, engines.real, diffusion, judge)
 
 
@@ -62,13 +61,15 @@ class Trainer:
                               "or choose another --output_dir")
         if resume and cfg.train.max_steps <= 0:
             raise ConfigError("train.max_steps must be > 0")
-        # checks that need no engine: DeepSpeed JSON, data, model folders
+        # checks that need no engine: DeepSpeed JSON, data, model folders and families, sizes, prompts
         self.base_ds = base_ds_config(cfg, world, ds_user, ds_source)
         self.dataset = build_dataset(cfg)
         words = vocabulary_for(cfg)
-        self.models = build_models(cfg, words)
+        self.plan = ModelPlan(cfg, words, self.dataset)
 
         self.rank, self.world, self.device = init_distributed()
+        # published models are created ZeRO-3-partitioned (zero.Init / HfDeepSpeedConfig) as they load
+        self.models = self.plan.build(self.base_ds)
         self.engines = build_engines(self.models, cfg, self.base_ds, self.device)
         self.nets = networks_for(self.engines, self.models, cfg)
         self.loader = StepLoader(self.dataset, cfg.data.batch_size, self.rank, self.world, cfg.train.seed)

@@ -4,7 +4,9 @@ Layout of one checkpoint:
   student/ds/, fake/ds/        DeepSpeed engine state (weights, optimizer, scheduler), every rank's shard
   rng_rank<r>.pt               torch / numpy / python RNG states of rank r
   export/                      what inference needs, consolidated: student/, text_encoder/ (+ tokenizer.json),
-                               codec/, config.json
+                               codec/, config.json (built-in student); student/ (the diffusers transformer,
+                               save_pretrained), pipeline.json (where its text encoders and VAE come from),
+                               config.json (diffusers student)
   trainer_state.json           step (the data position is the step), world size; written last = complete
 A checkpoint is written to `.tmp_step_<N>` and renamed when every rank has finished, so a crash
 never leaves a half-written `step_<N>`; the newest `keep` complete checkpoints are kept.
@@ -77,11 +79,8 @@ def save_checkpoint(output_dir: str | Path, step: int, engines, models, config_d
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                tmp / f"rng_rank{rank}.pt")
     export = tmp / "export"
-    _gathered_save(engines.student.module, export / "student", rank)
-    _gathered_save(engines.text_encoder, export / "text_encoder", rank)
+    models.plan.export(export, engines.student.module, engines.modules, rank, _gathered_save)
     if rank == 0:
-        models.text_tokenizer.save_pretrained(export / "text_encoder")
-        engines.codec.save_pretrained(export / "codec")
         (export / "config.json").write_text(json.dumps(config_dict, indent=2))
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world_size}, indent=2))
     barrier()

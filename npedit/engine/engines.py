@@ -1,10 +1,10 @@
 """One DeepSpeed engine per network.
 
 Trainable: student and fake score, each with its optimizer (AdamW from the config), LR schedule and
-clipping, at the configured ZeRO stage. Frozen: real score, text encoder and VLM as optimizer-less
-ZeRO-3 engines; the method calls their `.module` (calling a frozen engine object inside a graph that
-is backpropagated raises in recent DeepSpeed; ZeRO-3's gather hooks live on the sub-modules).
-The parameter-free codec needs no engine.
+clipping, at the configured ZeRO stage. Frozen: real score, text encoder(s), VAE and VLM as
+optimizer-less ZeRO-3 engines; the method calls their `.module` (calling a frozen engine object
+inside a graph that is backpropagated raises in recent DeepSpeed; ZeRO-3's gather hooks live on the
+sub-modules). The parameter-free built-in codec needs no engine.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from npedit.build import Models
+from npedit.build import Models, RunModels
 from npedit.config import Config, OptimConfig
 from npedit.engine.ds_config import frozen_ds_config, trainable_ds_config
 
@@ -25,10 +25,20 @@ class Engines:
     student: Any            # DeepSpeedEngine: call it, .backward(loss), .step()
     fake: Any               # DeepSpeedEngine
     real: nn.Module         # frozen engine's .module
-    text_encoder: nn.Module
-    vlm: nn.Module
-    codec: nn.Module
+    modules: dict           # name -> frozen engine's .module (text encoder(s), VAE, VLM) or plain module (codec)
     frozen: list            # the frozen engine objects (kept alive: they own the ZeRO-3 hooks)
+
+    @property
+    def text_encoder(self) -> nn.Module | None:
+        return self.modules.get("text_encoder")
+
+    @property
+    def vlm(self) -> nn.Module | None:
+        return self.modules.get("vlm")
+
+    @property
+    def codec(self) -> nn.Module | None:
+        return self.modules.get("codec")
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
@@ -63,16 +73,22 @@ def _frozen(model: nn.Module, base_ds: dict):
     return engine
 
 
-def build_engines(models: Models, cfg: Config, base_ds: dict, device: torch.device) -> Engines:
+def build_engines(models: Models | RunModels, cfg: Config, base_ds: dict, device: torch.device) -> Engines:
     """Wrap every network; the student and fake score train for cfg.train.max_steps scheduler steps
-    (the fake score steps method.fake_updates times per NP-Edit step)."""
+    (the fake score steps method.fake_updates times per NP-Edit step). Frozen engines are created in a
+    fixed order (real score, then the frozen modules in their dict order), the same on every rank."""
+    if isinstance(models, Models):  # the built-in networks
+        models = RunModels(models.student, models.real, models.fake,
+                           {"text_encoder": models.text_encoder, "vlm": models.vlm}, {"codec": models.codec})
     total = cfg.train.max_steps
     student = _trainable(models.student, cfg.student_optim, base_ds, total)
     fake_total = max(1, (total - cfg.train.warmup_stage_steps) * max(1, cfg.method.fake_updates))
     fake = _trainable(models.fake, cfg.fake_optim, base_ds, fake_total)
-    frozen = [_frozen(m, base_ds) for m in (models.real, models.text_encoder, models.vlm)]
-    codec = models.codec.to(device)
-    return Engines(student, fake, frozen[0].module, frozen[1].module, frozen[2].module, codec, frozen)
+    real = _frozen(models.real, base_ds)
+    frozen = {name: _frozen(m, base_ds) for name, m in models.frozen.items()}
+    modules = {name: engine.module for name, engine in frozen.items()}
+    modules.update({name: m.to(device) for name, m in models.plain.items()})
+    return Engines(student, fake, real.module, modules, [real, *frozen.values()])
 
 
 def grad_norm(engine) -> float:
