@@ -43,18 +43,36 @@ def resolve_export(checkpoint: str | Path) -> Path:
 
 
 class Editor:
-    """Loads student, text encoder, tokenizer and codec; edits images in 4 steps (no CFG)."""
+    """Loads student, text encoder(s), tokenizer(s) and codec / VAE; edits images in 4 steps (no CFG).
+
+    A built-in student's export holds everything; a diffusers student's export holds the trained
+    transformer (student/) and pipeline.json naming the pipeline its text encoders and VAE come from."""
 
     def __init__(self, export_dir: str | Path, device: str | torch.device = "cpu"):
         export = Path(export_dir)
         self.config = Config.from_dict(json.loads((export / "config.json").read_text()))
         self.device = torch.device(device)
+        self.image_size = self.config.data.image_size
+        if (export / "pipeline.json").is_file():
+            self._load_diffusers(export)
+            return
         self.student = FlowDiT.from_pretrained(export / "student").to(self.device).eval()
         text_encoder = TextEncoder.from_pretrained(export / "text_encoder").to(self.device).eval()
         tokenizer = WordTokenizer.from_pretrained(export / "text_encoder")
         codec = PatchCodec.from_pretrained(export / "codec").to(self.device)
         self.diffusion = BuiltinDiffusion(text_encoder, tokenizer, codec, self.config.text.max_length)
-        self.image_size = self.config.data.image_size
+
+    def _load_diffusers(self, export: Path) -> None:
+        from npedit.adapters.diffusers_family import DiffusersStudentSpec
+
+        cfg = self.config
+        pipeline = json.loads((export / "pipeline.json").read_text())["pipeline"]
+        spec = DiffusersStudentSpec(pipeline, "", cfg.data.image_size, cfg.text.max_length, cfg.student.guidance,
+                                    field=f"{export / 'pipeline.json'}: pipeline")
+        self.student = spec.load_transformer(str(export), torch.float32, None, subfolder="student")
+        self.student = self.student.to(self.device).eval()
+        frozen = {name: m.to(self.device) for name, m in spec.load_frozen(torch.float32, None).items()}
+        self.diffusion = spec.diffusion(frozen)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device="cpu") -> "Editor":

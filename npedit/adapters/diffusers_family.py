@@ -25,7 +25,6 @@ TEXT_PARTS = {
     "flux": (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")),
 }
 OPTIONAL_PARTS = {"text_encoder_3"}  # SD3 runs without T5 (zeros in its place), like the pipeline
-EDITORS = {"sd3": SD3Editor, "flux": FluxEditor}
 
 
 def _class(library: str, name: str, field: str):
@@ -90,14 +89,14 @@ class DiffusersStudentSpec:
         return int(self.vae_config.get("latent_channels", 16))
 
     # ------------------------------------------------------------------ loading
-    def load_transformer(self, source: str, dtype: torch.dtype, ds_config: dict | None) -> nn.Module:
+    def load_transformer(self, source: str, dtype: torch.dtype, ds_config: dict | None,
+                         subfolder: str = "transformer") -> SD3Editor | FluxEditor:
+        """The pipeline's transformer (or a trained one saved under `subfolder`) wrapped for editing."""
         from npedit.adapters.zero_load import load_diffusers
 
         name = self.index["transformer"][1]
-        transformer = load_diffusers(_class("diffusers", name, self.field), source, "transformer", dtype, ds_config)
-        editor = EDITORS[self.family](transformer) if self.family == "sd3" else \
-            FluxEditor(transformer, self.guidance)
-        return editor
+        transformer = load_diffusers(_class("diffusers", name, self.field), source, subfolder, dtype, ds_config)
+        return SD3Editor(transformer) if self.family == "sd3" else FluxEditor(transformer, self.guidance)
 
     def load_frozen(self, dtype: torch.dtype, ds_config: dict | None) -> dict[str, nn.Module]:
         """Text encoders and the VAE, each to become an optimizer-less ZeRO-3 engine."""
