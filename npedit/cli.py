@@ -48,17 +48,23 @@ def pretrain_main(argv) -> int:
     return main(argv)
 
 
-COMMANDS = {"edit": edit_main, "eval": eval_main, "pretrain": pretrain_main}
+def plan_main(argv) -> int:
+    from npedit.plan.cli import main
+    return main(argv)
+
+
+COMMANDS = {"edit": edit_main, "eval": eval_main, "pretrain": pretrain_main, "plan": plan_main}
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: npedit {train,edit,eval,pretrain} ...\n"
+        print("usage: npedit {train,edit,eval,pretrain,plan} ...\n"
               "  train     train NP-Edit (same flags as npedit/train.py)\n"
               "  edit      edit one image with a trained checkpoint\n"
               "  eval      oracle evaluation of a checkpoint on the shapes world\n"
-              "  pretrain  train the shapes world's toy teacher or toy judge")
+              "  pretrain  train the shapes world's toy teacher or toy judge\n"
+              "  plan      predict per-GPU memory of a run, plain stack vs npedit")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
