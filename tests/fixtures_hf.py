@@ -75,9 +75,10 @@ INTERNVL_TEMPLATE = (
     "{% endif %}")
 
 
-def _tiny_text_config(vocab_size: int, **extra) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, **extra)
+def _tiny_text_config(tok, **extra) -> dict:
+    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=None,
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id, **extra)
 
 
 # ------------------------------------------------------------------------------------------------ VLM judges
@@ -111,7 +112,7 @@ def save_qwen_vl(path: Path, version: str = "2.5", answer_words=("Yes", "No"), s
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = _tiny_text_config(len(tok), rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2],
+    text = _tiny_text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2],
                                                         "rope_theta": 10000.0})
     text["max_position_embeddings"] = max_position_embeddings
     if version == "2":
@@ -137,7 +138,7 @@ def save_llava_onevision(path: Path, seed: int = 0) -> Path:
     tok = qwen_tokenizer(extra_specials=("<image>", "<video>"))
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, image_size=28, patch_size=14)
-    text = dict(model_type="qwen2", **_tiny_text_config(len(tok)))
+    text = dict(model_type="qwen2", **_tiny_text_config(tok))
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
                                   image_token_index=tok.convert_tokens_to_ids("<image>"),
@@ -157,14 +158,9 @@ def save_internvl(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tok = qwen_tokenizer(extra_specials=("<img>", "</img>", "<IMG_CONTEXT>", "<video>"))
-    tok.init_kwargs["extra_special_tokens"] = {"start_image_token": "<img>", "end_image_token": "</img>",
-                                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
-    tok.save_pretrained(Path(path) / "_tok")
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(Path(path) / "_tok")
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   image_size=[56, 56], patch_size=[14, 14])
-    text = dict(model_type="qwen2", **_tiny_text_config(len(tok)))
+    text = dict(model_type="qwen2", **_tiny_text_config(tok))
     config = InternVLConfig(vision_config=vision, text_config=text, image_seq_length=4,
                             image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
     model = InternVLForConditionalGeneration(config).eval()
