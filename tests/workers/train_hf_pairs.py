@@ -2,6 +2,7 @@
 
 usage: train_hf_pairs.py OUTPUT_DIR FIXTURES_DIR PAIRS [KEY=VALUE ...]
   PAIRS: comma-separated student:judge names of folders in FIXTURES_DIR, e.g. sd3:qwen2_5_vl,flux:internvl
+         ("builtin" = a fresh built-in model on that side)
 Writes OUTPUT_DIR/<student>_<judge>/result_rank<r>.json with the last metrics row, how each network was
 partitioned right after loading (before any DeepSpeed engine existed) and a digest of the trained student.
 """
@@ -59,9 +60,11 @@ def main() -> None:
     for pair in pairs:
         student, judge = pair.split(":")
         image_size = "56" if judge.startswith("qwen") else "0"
+        sources = {name: "" if name == "builtin" else str(fixtures / name) for name in (student, judge)}
+        text = [] if student == "builtin" else ["text.max_length=16"]  # T5 sequence of the tiny pipelines
         cfg = apply_overrides(get_preset("shapes_tiny"), [
-            f"student.pretrained={fixtures / student}", f"vlm.pretrained={fixtures / judge}",
-            f"vlm.image_size={image_size}", "data.image_size=32", "text.max_length=16", "train.max_steps=2",
+            f"student.pretrained={sources[student]}", f"vlm.pretrained={sources[judge]}",
+            f"vlm.image_size={image_size}", "data.image_size=32", *text, "train.max_steps=2",
             "train.checkpoint_every=2", "train.sample_every=2", "method.nothing_prob=0.5", *extra])
         run_dir = out / f"{student}_{judge}"
         trainer = trainer_module.Trainer(cfg, run_dir, ds_user=ds_user, ds_source="configs/zero3_cpu.json")
