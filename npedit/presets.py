@@ -34,6 +34,7 @@ def shapes_tiny() -> Config:
 
 
 PRESETS: dict[str, Callable[[], Config]] = {"shapes": shapes, "shapes_tiny": shapes_tiny}
+PRESETS.update(__import__("npedit.presets_hf", fromlist=["HF_PRESETS"]).HF_PRESETS)  # real models (presets_hf.py)
 
 
 def get_preset(name: str) -> Config:
