@@ -233,7 +233,8 @@ class ModelPlan:
             real = spec.load_transformer(spec.teacher, bf16, zero3).requires_grad_(False).eval()
             fake = spec.load_transformer(spec.teacher, torch.float32 if zero3_trainable is None else bf16,
                                          zero3_trainable)
-            student.set_checkpointing(cfg.student.checkpointing)
+            for trained in (student, fake):  # large critics need it as much as the unrolled student
+                trained.set_checkpointing(cfg.student.checkpointing)
             frozen.update(spec.load_frozen(bf16, zero3))
         frozen["vlm"] = b.vlm if self.judge_spec is None else self.judge_spec.build(bf16, zero3)
         return RunModels(student, real, fake, frozen, plain, self)

@@ -3,9 +3,10 @@
 `HFJudgeSpec` reads the folder (config, preprocessor config, tokenizer, chat template) and checks
 everything that can be checked without weights, before any engine exists: image size, single-token
 Yes/No answers, prompt length. `JudgeModule` wraps the loaded model; its forward runs the whole judge
-(vision features of the distinct images, the LM on every question, the answer loss) so ZeRO-3
-gathers the LM-head rows used by the loss inside it (registered as external parameters). Only the
-hidden state at each question's answer position reaches the loss: no [tokens x vocabulary] logits.
+(vision features of the distinct images, the LM on every question) and hands the hidden states at the
+answer positions to its `AnswerHead` child, whose forward computes the loss with the LM-head weight
+(a ZeRO-3 external parameter of that child, so it is gathered just around the loss). Only those
+hidden states reach the loss: no [tokens x vocabulary] logits.
 `HFJudge` is the adapter the method calls: answer_losses(questions, edited, refs, scale) -> [Q].
 """
 from __future__ import annotations
@@ -120,6 +121,32 @@ class HFJudgeSpec:
         return JudgeModule(vlm, self.family).eval()
 
 
+class AnswerHead(nn.Module):
+    """The answer loss from answer-position hidden states, inside this module's forward so that ZeRO-3
+    gathers the LM-head weight (an external parameter here) only around the loss, not the whole VLM."""
+
+    def __init__(self, lm_head: nn.Module):
+        super().__init__()
+        self._lm_head = (lm_head,)  # a reference, not a child: the head stays registered once, in the VLM
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(self, lm_head.weight)
+
+    def forward(self, hidden: torch.Tensor, first_ids: torch.Tensor, second_ids: torch.Tensor | None,
+                scale: float, mode: str) -> torch.Tensor:
+        """hidden [Q, D] -> binary: -log sigmoid(scale (l_first - l_second)) [Q]; vocab: CE on first_ids [Q];
+        logits: (l_first, l_second) [Q, 2]. fp32."""
+        weight = self._lm_head[0].weight                                       # [V, D]
+        if mode == "binary":
+            return ops.binary_answer_loss(hidden, weight, first_ids, second_ids, scale)
+        if mode == "vocab":
+            return ops.vocab_answer_loss(hidden, weight, first_ids, scale)
+        if mode == "logits":
+            rows = weight[torch.stack([first_ids, second_ids], dim=1)]         # [Q, 2, D]
+            return torch.einsum("qd,qkd->qk", hidden.float(), rows.float())
+        raise ValueError(f"AnswerHead: unknown mode {mode!r}")
+
+
 class JudgeModule(nn.Module):
     """The VLM plus the judge's forward. forward(...) -> loss [Q] fp32 (or Yes/No logits [Q, 2] for tests)."""
 
@@ -127,9 +154,10 @@ class JudgeModule(nn.Module):
         super().__init__()
         self.vlm = vlm
         self.family = family
+        self.answer = AnswerHead(vlm.get_output_embeddings())
         import deepspeed
 
-        for param in [vlm.get_output_embeddings().weight] + family.external_parameters(vlm):
+        for param in family.external_parameters(vlm):
             deepspeed.zero.register_external_parameter(self, param)  # used here, outside their modules' forward
 
     def answer_hidden(self, edited: torch.Tensor, refs: torch.Tensor, slots: list[tuple[tuple[str, int], ...]],
@@ -155,15 +183,7 @@ class JudgeModule(nn.Module):
                 second_ids: torch.Tensor | None = None, scale: float = 1.0, mode: str = "binary") -> torch.Tensor:
         """mode binary: -log sigmoid(scale (l_first - l_second)); vocab: CE on first_ids; logits: [Q, 2]."""
         hidden = self.answer_hidden(edited, refs, slots, input_ids, attention_mask, answer_pos)
-        weight = self.vlm.get_output_embeddings().weight                        # [V, D]
-        if mode == "binary":
-            return ops.binary_answer_loss(hidden, weight, first_ids, second_ids, scale)
-        if mode == "vocab":
-            return ops.vocab_answer_loss(hidden, weight, first_ids, scale)
-        if mode == "logits":
-            rows = weight[torch.stack([first_ids, second_ids], dim=1)]         # [Q, 2, D]
-            return torch.einsum("qd,qkd->qk", hidden.float(), rows.float())
-        raise ValueError(f"JudgeModule: unknown mode {mode!r}")
+        return self.answer(hidden, first_ids, second_ids, scale, mode)
 
 
 class HFJudge:
