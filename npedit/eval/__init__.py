@@ -1,0 +1,1 @@
+"""Evaluation: the shapes world's oracle report (`npedit eval --world shapes --checkpoint DIR`)."""
