@@ -93,14 +93,20 @@ def test_plan_checks_everything_before_distributed_init(folders, tmp_path):
     assert not torch.distributed.is_initialized()
 
 
-@pytest.mark.parametrize("case", ["architecture", "yes_split"])
+@pytest.mark.parametrize("case", ["architecture", "image_size", "prompt_length", "yes_split"])
 def test_train_refuses_a_bad_judge_before_training(folders, tmp_path, case):
+    """Through the entry point users run: exit code 2 and the reason, before any output is written."""
+    size = 70 if case == "image_size" else 56
     if case == "architecture":
         judge, match = folders["sd3"] / "transformer", "unsupported architecture"
+    elif case == "image_size":
+        judge, match = folders["qwen2_vl"], "vlm.image_size=70: the qwen2_vl judge cannot take it"
+    elif case == "prompt_length":
+        judge, match = save_qwen_vl(tmp_path / "short", max_position_embeddings=96), "longer than the model's limit"
     else:
         judge, match = save_qwen_vl(tmp_path / "split", answer_words=("No",)), "splits the answer 'Yes'"
     out = tmp_path / "run"
     proc = run([sys.executable, TRAIN, "--preset", "shapes_tiny", "--output_dir", str(out),
-                "--set", f"vlm.pretrained={judge}", "--set", "vlm.image_size=56"], check=False)
+                "--set", f"vlm.pretrained={judge}", "--set", f"vlm.image_size={size}"], check=False)
     assert proc.returncode == 2 and match in proc.stderr
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
