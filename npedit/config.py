@@ -51,7 +51,8 @@ class TextConfig:
 @dataclass
 class VLMConfig:
     """Frozen VLM judge: a built-in TinyVLM, or a transformers VLM (Qwen2-VL, Qwen2.5-VL,
-    LLaVA-OneVision, InternVL) as a local folder or hub id, its family read from config.json."""
+    LLaVA-OneVision, InternVL) as a local folder or hub id, its family read from config.json.
+    dim/depth/vision_*/patch_size/max_text_len shape a fresh built-in TinyVLM only."""
     pretrained: str = ""          # TinyVLM folder + tokenizer.json | transformers VLM folder or hub id ("" = fresh)
     image_size: int = 0           # transformers judges: square size images are resized to (0 = the model's own)
     dim: int = 128

@@ -103,9 +103,15 @@ VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl")
 def save_qwen_vl(path: Path, version: str = "2.5", answer_words=("Yes", "No"), seed: int = 0,
                  max_position_embeddings: int = 512) -> Path:
     """Tiny Qwen2-VL (version "2") or Qwen2.5-VL ("2.5") with its processor; images 56 px -> 4 tokens."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
-                              Qwen2VLForConditionalGeneration)
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
     torch.manual_seed(seed)
     tok = qwen_tokenizer(answer_words)
@@ -116,11 +122,11 @@ def save_qwen_vl(path: Path, version: str = "2.5", answer_words=("Yes", "No"), s
                                                         "rope_theta": 10000.0})
     text["max_position_embeddings"] = max_position_embeddings
     if version == "2":
-        vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2)
+        vision = {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2}
         config, model_cls = Qwen2VLConfig(text_config=text, vision_config=vision, **ids), Qwen2VLForConditionalGeneration
     else:
-        vision = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=2,
-                      window_size=56, fullatt_block_indexes=[1])
+        vision = {"depth": 2, "hidden_size": 32, "out_hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                  "window_size": 56, "fullatt_block_indexes": [1]}
         config, model_cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), \
             Qwen2_5_VLForConditionalGeneration
     model = model_cls(config).eval()
@@ -130,14 +136,18 @@ def save_qwen_vl(path: Path, version: str = "2.5", answer_words=("Yes", "No"), s
 
 def save_llava_onevision(path: Path, seed: int = 0) -> Path:
     """Tiny LLaVA-OneVision (SigLIP 28 px / patch 14 -> 4 tokens, Qwen2 LM) with its processor."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
-        LlavaOnevisionImageProcessorPil
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
 
     torch.manual_seed(seed)
     tok = qwen_tokenizer(extra_specials=("<image>", "<video>"))
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, image_size=28, patch_size=14)
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
     text = dict(model_type="qwen2", **_tiny_text_config(tok))
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
@@ -154,12 +164,14 @@ def save_llava_onevision(path: Path, seed: int = 0) -> Path:
 def save_internvl(path: Path, seed: int = 0) -> Path:
     """Tiny InternVL3 (ViT 56 px / patch 14, pixel shuffle 0.5 -> 4 tokens per tile, Qwen2 LM) with its processor."""
     from transformers import InternVLConfig, InternVLForConditionalGeneration
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
 
     torch.manual_seed(seed)
     tok = qwen_tokenizer(extra_specials=("<img>", "</img>", "<IMG_CONTEXT>", "<video>"))
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=[56, 56], patch_size=[14, 14])
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": [56, 56], "patch_size": [14, 14]}
     text = dict(model_type="qwen2", **_tiny_text_config(tok))
     config = InternVLConfig(vision_config=vision, text_config=text, image_seq_length=4,
                             image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
@@ -185,7 +197,7 @@ def save_vlm(family: str, path: Path, **kw) -> Path:
 # ------------------------------------------------------------------------------------------------ students
 
 STUDENT_FAMILIES = ("sd3", "flux")
-PROMPT_WORDS = "a an the red blue green circle square triangle make do nothing low quality artifacts".split()
+PROMPT_WORDS = ["a", "an", "the", "red", "blue", "green", "circle", "square", "triangle", "make", "do", "nothing", "low", "quality", "artifacts"]
 
 
 def clip_tokenizer(words=PROMPT_WORDS):
@@ -257,7 +269,11 @@ def _vae(latent_channels: int, scaling: float, shift: float, seed: int):
 
 def sd3_pipeline(seed: int = 0, with_t5: bool = True):
     """Tiny StableDiffusion3Pipeline (MMDiT with dual attention in block 0, like SD3.5-medium)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)
@@ -275,7 +291,12 @@ def sd3_pipeline(seed: int = 0, with_t5: bool = True):
 
 def flux_pipeline(seed: int = 0, guidance: bool = True, kontext: bool = True):
     """Tiny FLUX.1 pipeline (FluxKontextPipeline by default; guidance-embedded like FLUX.1-dev)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
 
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)

@@ -2,8 +2,8 @@
 velocity and timestep conventions, the reference-token path, the VAE codec, sizes that do not fit."""
 import pytest
 import torch
-
 from fixtures_hf import save_student
+
 from npedit.adapters.diffusers_family import DiffusersStudentSpec
 from npedit.adapters.text_cond import TextCond
 from npedit.config import ConfigError
@@ -37,13 +37,13 @@ def _randn(*shape, seed=0):
 
 
 def test_text_conditioning_equals_the_pipelines_encode_prompt(loaded):
-    spec, _, diffusion, pipe = loaded["sd3"]
+    _, _, diffusion, pipe = loaded["sd3"]
     cond = diffusion.encode_text(PROMPTS)
     embeds, _, pooled, _ = pipe.encode_prompt(PROMPTS, None, None, do_classifier_free_guidance=False,
                                               max_sequence_length=MAX_LEN)
     torch.testing.assert_close(cond.tokens, embeds)
     torch.testing.assert_close(cond.pooled, pooled)
-    spec, _, diffusion, pipe = loaded["flux"]
+    _, _, diffusion, pipe = loaded["flux"]
     cond = diffusion.encode_text(PROMPTS)
     embeds, pooled, _ = pipe.encode_prompt(PROMPTS, None, max_sequence_length=MAX_LEN)
     torch.testing.assert_close(cond.tokens, embeds)

@@ -4,9 +4,9 @@ gradient to the edited image, and the checks that stop a bad judge before traini
 import numpy as np
 import pytest
 import torch
+from fixtures_hf import VLM_FAMILIES, save_qwen_vl, save_vlm
 from PIL import Image
 
-from fixtures_hf import VLM_FAMILIES, save_qwen_vl, save_vlm
 from npedit.adapters.hf_judge import HFJudge, HFJudgeSpec, natural_question
 from npedit.adapters.vlm_preprocess import RESIZE_TOLERANCE
 from npedit.config import ConfigError
@@ -103,7 +103,11 @@ def test_preprocessing_passes_gradients_to_the_image(judges, name):
 
 def _processor_text(name, folder, spec, question):
     """The prompt as the HF processor would expand it (its own replace_image_token on a bare instance)."""
-    from transformers import InternVLProcessor, LlavaOnevisionProcessor, Qwen2VLProcessor
+    from transformers import (
+        InternVLProcessor,
+        LlavaOnevisionProcessor,
+        Qwen2VLProcessor,
+    )
 
     content = [{"type": "image"} for _ in question.images] + [
         {"type": "text", "text": spec.prompt(question).split("<|im_start|>user")[-1] and

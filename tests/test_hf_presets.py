@@ -3,8 +3,8 @@ import json
 import sys
 
 import pytest
-
 from helpers import REPO, TRAIN, run
+
 from npedit.adapters.vlm_preprocess import qwen_size_problem
 from npedit.engine.ds_config import base_ds_config, frozen_ds_config, load_ds_json
 from npedit.presets import PRESETS, get_preset

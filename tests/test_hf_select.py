@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
-
 from fixtures_hf import save_qwen_vl, save_student, save_vlm
-from helpers import run, TRAIN
+from helpers import TRAIN, run
+
 from npedit.adapters.select import detect_student, detect_vlm
 from npedit.build import ModelPlan
 from npedit.config import ConfigError, apply_overrides

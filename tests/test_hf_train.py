@@ -6,10 +6,9 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-
 from fixtures_hf import STUDENT_FAMILIES, VLM_FAMILIES, save_all
 from helpers import run
+from PIL import Image
 
 WORKER = "tests/workers/train_hf_pairs.py"
 PAIRS = [f"{s}:{j}" for s in STUDENT_FAMILIES for j in VLM_FAMILIES]

@@ -113,7 +113,7 @@ class DiffusersStudentSpec:
             module.requires_grad_(False).eval()
         return frozen
 
-    def diffusion(self, modules: dict[str, nn.Module]) -> "DiffusersDiffusion":
+    def diffusion(self, modules: dict[str, nn.Module]) -> DiffusersDiffusion:
         return DiffusersDiffusion(self, modules)
 
 

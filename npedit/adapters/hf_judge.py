@@ -110,7 +110,7 @@ class HFJudgeSpec:
             raise ConfigError(str(exc)) from None
 
     # ------------------------------------------------------------------ model
-    def build(self, dtype: torch.dtype, ds_config: dict | None) -> "JudgeModule":
+    def build(self, dtype: torch.dtype, ds_config: dict | None) -> JudgeModule:
         import transformers
 
         from npedit.adapters.zero_load import load_transformers

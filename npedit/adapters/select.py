@@ -66,8 +66,12 @@ def read_json(source: str, filename: str, field: str, required: bool = True) -> 
 
 def _hub_file(repo: str, filename: str, field: str, required: bool) -> str | None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, \
-        RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return hf_hub_download(repo, filename)

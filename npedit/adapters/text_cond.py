@@ -23,16 +23,16 @@ class TextCond:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, index) -> "TextCond":
+    def __getitem__(self, index) -> TextCond:
         if isinstance(index, int):
             index = slice(index, index + 1)
         return TextCond(self.tokens[index], self.pooled[index])
 
-    def to(self, *args, **kwargs) -> "TextCond":
+    def to(self, *args, **kwargs) -> TextCond:
         return TextCond(self.tokens.to(*args, **kwargs), self.pooled.to(*args, **kwargs))
 
     @staticmethod
-    def cat(conds: list["TextCond"]) -> "TextCond":
+    def cat(conds: list[TextCond]) -> TextCond:
         lengths = {c.tokens.shape[1] for c in conds}
         if len(lengths) != 1:
             raise ValueError(f"TextCond.cat: conditionings have different sequence lengths {sorted(lengths)}")

@@ -17,13 +17,6 @@ from npedit.adapters import vlm_preprocess as pre
 from npedit.config import ConfigError
 
 
-def _size_dict(preproc: dict) -> tuple[int, int]:
-    size = preproc.get("size") or {}
-    if "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    raise ConfigError(f"preprocessor_config.json: expected size {{height, width}}, got {size}")
-
-
 class VLMFamily:
     """Base: `pixels` -> `image_features` (per image) -> `question_features` -> `expand` the prompt."""
 

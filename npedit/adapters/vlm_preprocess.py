@@ -12,7 +12,7 @@ the worst case for any bicubic filter, reach ~8e-2.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -21,11 +21,6 @@ from torch import nn
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
-def is_partitioned(module: nn.Module) -> bool:
-    """True when the module's parameters are ZeRO-3 partitioned (created under zero.Init or wrapped)."""
-    return any(hasattr(p, "ds_id") for p in module.parameters())
-
-
 @contextlib.contextmanager
 def zero_init(ds_config: dict | None):
     """deepspeed.zero.Init for `ds_config` (a stage-3 config), or nothing when None.
@@ -72,7 +67,7 @@ def load_sharded_state(module: nn.Module, files: list[Path], where: str) -> None
     from safetensors import safe_open
 
     handles = [safe_open(str(f), framework="pt") for f in files]
-    key_file = {k: h for h in handles for k in h.keys()}
+    key_file = {k: h for h in handles for k in h.keys()}  # noqa: SIM118 (safe_open handles)
     dist = torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist else 0
     expected = set(module.state_dict().keys())
@@ -109,7 +104,7 @@ def load_diffusers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_conf
     with zero_init(ds_config):
         model = cls.from_config(config)
     load_sharded_state(model, weight_files(folder), f"{source}/{subfolder}")
-    return model.to(dtype) if not is_partitioned(model) else model
+    return model  # its dtype is the ZeRO-3 config's (bf16 when enabled)
 
 
 def load_transformers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_config: dict | None) -> nn.Module:
@@ -117,7 +112,10 @@ def load_transformers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_c
     kwargs = {"subfolder": subfolder} if subfolder else {}
     if ds_config is None:
         return cls.from_pretrained(source, dtype=dtype, **kwargs)
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+    from transformers.integrations.deepspeed import (
+        HfDeepSpeedConfig,
+        unset_hf_deepspeed_config,
+    )
 
     keep_alive = HfDeepSpeedConfig(ds_config)  # transformers reads it through a weak reference
     try:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
+import deepspeed
+import torch
 
-import npedit.trainer as trainer_module  # noqa: E402
-from npedit.config import apply_overrides  # noqa: E402
-from npedit.presets import get_preset  # noqa: E402
+import npedit.trainer as trainer_module
+from npedit.config import apply_overrides
+from npedit.presets import get_preset
 
 LOADED: dict = {}
 
