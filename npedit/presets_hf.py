@@ -10,10 +10,18 @@ docs/real_models.md; any field can be changed with --set.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from npedit.config import (Config, DataConfig, MethodConfig, OptimConfig, StudentConfig, TextConfig, TrainConfig,
-                           VLMConfig)
+from npedit.config import (
+    Config,
+    DataConfig,
+    MethodConfig,
+    OptimConfig,
+    StudentConfig,
+    TextConfig,
+    TrainConfig,
+    VLMConfig,
+)
 
 MANIFEST = "data/edits.jsonl"  # placeholder: --set data.manifest=<your manifest>
 
