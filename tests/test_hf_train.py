@@ -61,6 +61,16 @@ def test_each_pair_trains_in_one_process(one_process, pair):
         assert json.loads((export / "pipeline.json").read_text())["family"] == student
 
 
+def test_resume_of_a_published_model_run_matches_the_straight_run(one_process, fixtures, tmp_path):
+    pair = "sd3:qwen2_vl"
+    run([sys.executable, WORKER, str(tmp_path), str(fixtures), pair, "train.max_steps=1"], timeout=600)
+    run([sys.executable, WORKER, str(tmp_path), str(fixtures), pair, "--resume"], timeout=600)
+    (resumed,), (straight,) = _results(tmp_path, pair, 1), _results(one_process, pair, 1)
+    for key in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake"):
+        assert resumed["last"][key] == pytest.approx(straight["last"][key], rel=1e-4, abs=1e-6), key
+    assert resumed["student"] == pytest.approx(straight["student"], rel=1e-4, abs=1e-5)
+
+
 @pytest.mark.parametrize("student", STUDENT_FAMILIES)
 def test_edit_cli_rebuilds_a_diffusers_student_from_its_export(one_process, tmp_path, student):
     src = tmp_path / "in.png"

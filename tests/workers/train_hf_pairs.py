@@ -1,6 +1,6 @@
 """Run under python / torchrun: train a few steps with each (student, judge) pair of published-model folders.
 
-usage: train_hf_pairs.py OUTPUT_DIR FIXTURES_DIR PAIRS [KEY=VALUE ...]
+usage: train_hf_pairs.py OUTPUT_DIR FIXTURES_DIR PAIRS [KEY=VALUE ...] [--resume]
   PAIRS: comma-separated student:judge names of folders in FIXTURES_DIR, e.g. sd3:qwen2_5_vl,flux:internvl
          ("builtin" = a fresh built-in model on that side)
 Writes OUTPUT_DIR/<student>_<judge>/result_rank<r>.json with the last metrics row, how each network was
@@ -53,7 +53,8 @@ def student_digest(module: torch.nn.Module) -> list[float]:
 
 def main() -> None:
     out, fixtures, pairs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(",")
-    extra = sys.argv[4:]
+    extra = [a for a in sys.argv[4:] if a != "--resume"]
+    resume = "--resume" in sys.argv[4:]
     trainer_module.ModelPlan.build = recording_build(trainer_module.ModelPlan.build)
     ds_user = json.loads((Path(__file__).resolve().parents[2] / "configs" / "zero3_cpu.json").read_text())
     ds_user["bf16"] = {"enabled": "auto"}  # from train.precision
@@ -67,7 +68,8 @@ def main() -> None:
             f"vlm.image_size={image_size}", "data.image_size=32", *text, "train.max_steps=2",
             "train.checkpoint_every=2", "train.sample_every=2", "method.nothing_prob=0.5", *extra])
         run_dir = out / f"{student}_{judge}"
-        trainer = trainer_module.Trainer(cfg, run_dir, ds_user=ds_user, ds_source="configs/zero3_cpu.json")
+        trainer = trainer_module.Trainer(cfg, run_dir, ds_user=ds_user, ds_source="configs/zero3_cpu.json",
+                                         resume=resume)
         last = trainer.run()
         result = {"last": last, "loaded": dict(LOADED), "world_size": trainer.world,
                   "student": student_digest(trainer.engines.student.module)}
