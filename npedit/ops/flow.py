@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from npedit.ops import _ext
+
 DMD_EPS = 1e-8  # floor of the per-sample normaliser, avoids 0/0 when x0 == x_real
 
 
@@ -32,11 +34,29 @@ def flow_noise_ref(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tu
     return x_t.to(x0.dtype), (noise.float() - x0.float()).to(x0.dtype)
 
 
-def dmd_loss(x0, x_real, x_fake):
-    """Fused DMD loss; see `dmd_loss_ref`."""
+def dmd_loss(x0: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+    """Fused DMD loss, one read of the inputs forward and one pass backward; see `dmd_loss_ref`.
+
+    Runs npedit._C where it is built (NPEDIT_OPS: see `npedit.ops._ext.choose`), else the reference.
+    """
+    backend = _ext.choose("dmd_loss", x0, ext_ok=x0.dim() >= 2)
+    if backend == "ext":
+        return torch.ops.npedit_C.dmd_loss(x0, x_real, x_fake, DMD_EPS)[0]
+    if backend == "triton":
+        return _ext.triton_impl("dmd_loss")(x0, x_real, x_fake)
     return dmd_loss_ref(x0, x_real, x_fake)
 
 
-def flow_noise(x0, noise, t):
-    """Fused flow re-noising; see `flow_noise_ref`."""
+def flow_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused flow re-noising, (x_t, v_target) in one pass; see `flow_noise_ref`.
+
+    The compiled kernel has no gradient for t: when t requires grad, auto mode uses the reference.
+    """
+    t_grad = t.requires_grad and torch.is_grad_enabled()
+    backend = _ext.choose("flow_noise", x0, ext_ok=x0.dim() >= 1 and not t_grad)
+    if backend == "ext":
+        x_t, v = torch.ops.npedit_C.flow_noise(x0, noise, t)
+        return x_t, v
+    if backend == "triton":
+        return _ext.triton_impl("flow_noise")(x0, noise, t)
     return flow_noise_ref(x0, noise, t)

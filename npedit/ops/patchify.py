@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from npedit.ops import _ext
+
 
 def vlm_patchify_ref(images: torch.Tensor, mean, std, patch_size: int = 14, temporal_patch_size: int = 2,
                      merge_size: int = 2) -> torch.Tensor:
@@ -26,6 +28,23 @@ def vlm_patchify_ref(images: torch.Tensor, mean, std, patch_size: int = 14, temp
     return x.reshape(b * gh * gw, c * temporal_patch_size * patch_size * patch_size)
 
 
-def vlm_patchify(images, mean, std, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2):
-    """Fused patchify; see `vlm_patchify_ref`."""
+def vlm_patchify(images: torch.Tensor, mean, std, patch_size: int = 14, temporal_patch_size: int = 2,
+                 merge_size: int = 2) -> torch.Tensor:
+    """Fused patchify (normalise, repeat in time, permute) in one pass; see `vlm_patchify_ref`.
+
+    mean/std: one value per channel (sequence or tensor). Runs npedit._C where it is built
+    (NPEDIT_OPS: see `npedit.ops._ext.choose`), else the reference.
+    """
+    backend = _ext.choose("vlm_patchify", images, ext_ok=images.dim() == 4 and images.shape[1] <= 16)
+    if backend == "ext":
+        return torch.ops.npedit_C.vlm_patchify(images, _floats(mean), _floats(std), patch_size, temporal_patch_size,
+                                               merge_size)
+    if backend == "triton":
+        return _ext.triton_impl("vlm_patchify")(images, mean, std, patch_size, temporal_patch_size, merge_size)
     return vlm_patchify_ref(images, mean, std, patch_size, temporal_patch_size, merge_size)
+
+
+def _floats(values) -> list[float]:
+    if isinstance(values, torch.Tensor):
+        return [float(v) for v in values.detach().reshape(-1).tolist()]
+    return [float(v) for v in values]
