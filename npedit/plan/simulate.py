@@ -1,0 +1,110 @@
+"""Simulate one training step of a stack on the meta device and summarise its memory.
+
+`simulate_stack(cfg, stack, ...)` builds the run's networks on the meta device (no weights read),
+runs two steps through `run_step.training_step` under `MetaSimulation` with a `MemoryTracker`
+(the first creates the optimizer states, the second is summarised) and returns the activation
+profile of the step plus the sizes of every model, which `memory_model` turns into per-GPU bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from npedit.config import Config
+from npedit.plan.meta_sim import simulate
+from npedit.plan.networks import build_networks, param_count
+from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
+from npedit.plan.stacks import Stack, applied
+from npedit.plan.tracker import MemoryTracker, PhaseMark
+
+__all__ = ["ModelSize", "StepProfile", "simulate_stack", "model_sizes"]
+
+
+@dataclass
+class ModelSize:
+    role: str                # student | fake | real | text_encoder* | vae | vlm
+    params: int              # unique parameters
+    buffers_bytes: int       # buffers (not partitioned by ZeRO)
+    largest_leaf: int        # parameters of the largest module holding parameters directly (ZeRO-3 gathers)
+    external: int = 0        # parameters used outside their module (gathered for the judge's whole forward)
+    trainable: bool = False
+
+
+@dataclass
+class StepProfile:
+    """Live bytes of one simulated step above what was resident before it."""
+    stack: str
+    passes: int
+    dynamic_peak: int                         # highest bytes above the step's start
+    peak_phase: str                           # the innermost phase open at that moment
+    phases: dict[str, PhaseMark] = field(default_factory=dict)
+
+    def kept(self, name: str) -> int:
+        mark = self.phases.get(name)
+        return mark.kept if mark is not None else 0
+
+    @property
+    def student_pass_bytes(self) -> list[int]:
+        return [self.kept(f"student pass {i}") for i in range(1, self.passes + 1)]
+
+    @property
+    def activations(self) -> dict[str, int]:
+        """What the student loss's forward keeps for backward, by part."""
+        parts = {f"student pass {i + 1}": b for i, b in enumerate(self.student_pass_bytes)}
+        parts["decode"] = self.kept("decode")
+        parts["judge (VLM)"] = self.kept("judge")
+        return parts
+
+
+def model_sizes(sn) -> list[ModelSize]:
+    sizes = []
+    roles = {"student": sn.student, "fake": sn.fake, "real": sn.real, **sn.frozen}
+    for role, module in roles.items():
+        leaf = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()), default=0)
+        buffers = sum(b.numel() * b.element_size() for b in module.buffers())
+        external = 0
+        if role == "vlm" and hasattr(module, "vlm"):  # JudgeModule: LM head gathered for the whole judge forward
+            external = module.vlm.get_output_embeddings().weight.numel()
+        sizes.append(ModelSize(role, param_count(module), buffers, leaf, external, role in ("student", "fake")))
+    return sizes
+
+
+class _PeakPhase(MemoryTracker):
+    """A tracker that remembers which phase was open when the peak was reached."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak_phase = ""
+
+    def _add(self, t: torch.Tensor) -> None:
+        before = self.peak
+        super()._add(t)
+        if self.peak > before:
+            self.peak_phase = self._s.open[-1][0] if self._s.open else ""
+
+
+def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, foreach: bool | None = None,
+                   critic: bool = True, sn=None, target: str = "cuda") -> tuple[StepProfile, list[ModelSize]]:
+    """Profile a steady-state step of `stack` on the meta device, as it would run on `target` ("cuda":
+    the fused ops run their GPU kernels unless the stack forces the reference ops; "cpu": the
+    reference implementations, temporaries included).
+
+    Engine "torch": AdamW runs (states, gradients and the optimizer's temporaries are in the profile);
+    engine "deepspeed": gradients are dropped at accumulation and no optimizer runs (ZeRO's buffers are
+    accounted by the memory model)."""
+    sn = sn or build_networks(cfg, "meta", dataset)
+    batch = probe_batch(cfg, dataset, "meta")
+    step = step_with_passes(cfg, passes)
+    optimizers = make_optimizers(sn, cfg, foreach=foreach) if stack.engine == "torch" else None
+    with applied(stack, sn, cfg.student.checkpointing):
+        tracker = _PeakPhase()
+        with tracker, simulate(decompose=target == "cpu" or stack.ops == "ref"):
+            training_step(sn, cfg, batch, step, optimizers, None, critic)
+            tracker.reset_peak()
+            tracker.phases.clear()
+            tracker.peak_phase = ""
+            start = tracker.live
+            out = training_step(sn, cfg, batch, step, optimizers, tracker, critic)
+    profile = StepProfile(stack.name, out["passes"], tracker.peak - start, tracker.peak_phase, dict(tracker.phases))
+    return profile, model_sizes(sn)

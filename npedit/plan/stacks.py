@@ -1,0 +1,68 @@
+"""The two training stacks the planner and the benchmarks compare.
+
+- plain: what a first implementation with diffusers + transformers does: the PyTorch reference ops,
+  no activation checkpointing, full-sequence VLM logits, every GPU holding full replicas (DDP) with
+  the usual mixed-precision recipe (fp32 trainable weights, gradients and AdamW states; frozen
+  models in the run's precision);
+- npedit: fused ops, the configured activation checkpointing (`student.checkpointing`), the answer
+  loss on the answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the
+  trainable engines, ZeRO-3 for the frozen ones).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["Stack", "PLAIN", "NPEDIT", "STACKS", "applied", "set_checkpointing"]
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    ops: str | None              # NPEDIT_OPS during the step (None: leave the environment alone)
+    checkpointing: str | None    # student checkpointing (None: the config's)
+    full_logits: bool            # the plain judge (full-sequence logits)
+    engine: str                  # "torch" (replicas, torch AdamW) | "deepspeed" (ZeRO)
+
+
+PLAIN = Stack("plain", "ref", "none", True, "torch")
+NPEDIT = Stack("npedit", None, None, False, "deepspeed")
+STACKS = {"plain": PLAIN, "npedit": NPEDIT}
+
+
+def set_checkpointing(model: nn.Module, mode: str) -> None:
+    """Activation checkpointing of a student: built-in FlowDiT (none|full|selective) or a diffusers editor
+    (whole-block checkpointing for full and selective)."""
+    if hasattr(model, "set_checkpointing"):
+        model.set_checkpointing(mode)
+        if mode == "none":
+            model.transformer.disable_gradient_checkpointing()
+    else:
+        model.checkpointing = mode
+
+
+@contextlib.contextmanager
+def applied(stack: Stack, sn, checkpointing: str):
+    """Run a step of `sn` (StepNetworks) the way `stack` would: ops backend, checkpointing, judge."""
+    from npedit.plan.plain import plain_judge
+
+    old_ops = os.environ.get("NPEDIT_OPS")
+    old_judge = sn.nets.judge
+    try:
+        if stack.ops is not None:
+            os.environ["NPEDIT_OPS"] = stack.ops
+        set_checkpointing(sn.student, stack.checkpointing or checkpointing)
+        if stack.full_logits:
+            sn.nets.judge = plain_judge(old_judge)
+        yield
+    finally:
+        sn.nets.judge = old_judge
+        set_checkpointing(sn.student, checkpointing)
+        if stack.ops is not None:
+            if old_ops is None:
+                os.environ.pop("NPEDIT_OPS", None)
+            else:
+                os.environ["NPEDIT_OPS"] = old_ops
