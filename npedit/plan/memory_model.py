@@ -150,7 +150,8 @@ def _zero(out: Breakdown, trainable, frozen, b: int, stage: int, hw: Hardware, b
                                                   max(s.params for s in trainable)) * b
         if b == 2 and not offload_opt:                           # fp32 gradients of one sub-group at the step
             out.step_extra += int(min(DS_DEFAULTS["sub_group_size"], max(s.params for s in trainable) / n) * 4)
-        if stage == 3 or frozen:
-            largest = max(s.largest_leaf for s in trainable + frozen)
-            external = max(s.external for s in trainable + frozen)
-            out.gathered = int((2 * largest + DS_DEFAULTS["prefetch_bucket_size"] + external) * b)
+        models = trainable + frozen if stage == 3 else frozen
+        largest = max(s.largest_leaf for s in models)
+        external = max(s.external for s in models)
+        working = 2 * largest + DS_DEFAULTS["prefetch_bucket_size"] + external
+        out.gathered = int(min(working, max(s.params for s in models)) * b)   # never more than a whole model

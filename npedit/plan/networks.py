@@ -19,6 +19,7 @@ from torch import nn
 from npedit.build import ModelPlan, default_words
 from npedit.config import Config
 from npedit.method.step import Networks
+from npedit.plan.known import length_tokenizers
 
 __all__ = ["StepNetworks", "build_networks", "param_bytes", "param_count"]
 
@@ -84,7 +85,7 @@ def build_networks(cfg: Config, device: str | torch.device = "meta", dataset=Non
     DeepSpeed engines of a bf16 run compute in bf16)."""
     device = torch.device(device)
     dtype = _dtype(cfg)
-    with _default_device(device), warnings.catch_warnings():
+    with _default_device(device), warnings.catch_warnings(), length_tokenizers():
         warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
         plan = ModelPlan(cfg, words or default_words(), dataset)
     if plan.loads_published and device.type == "meta":

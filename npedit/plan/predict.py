@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from npedit.config import Config
+from npedit.config import Config, apply_overrides
 from npedit.plan.memory_model import Breakdown, Hardware, per_gpu
+from npedit.plan.networks import build_networks
 from npedit.plan.simulate import ModelSize, StepProfile, simulate_stack
 from npedit.plan.stacks import NPEDIT, PLAIN, Stack
 
@@ -53,10 +54,12 @@ def predict(cfg: Config, hardware: Hardware, passes: int | None = None, critic: 
     passes = passes or (2 if len(student_timesteps(cfg.method)) > 1 else 1)
     dataset = dataset if dataset is not None else _dataset(cfg)
     foreach = hardware.device == "cuda"   # torch AdamW's default on CUDA tensors
+    sn = build_networks(apply_overrides(cfg, [f"method.fake_updates={min(1, cfg.method.fake_updates)}"]), "meta",
+                        dataset)
     out = None
     for stack in stacks:
         profile, sizes = simulate_stack(cfg, stack, dataset, passes, foreach=foreach, critic=critic,
-                                        target=hardware.device)
+                                        target=hardware.device, sn=sn)
         if out is None:
             out = Prediction(cfg, hardware, passes, sizes)
         out.profiles[stack.name] = profile

@@ -1,9 +1,9 @@
 """Simulate one training step of a stack on the meta device and summarise its memory.
 
 `simulate_stack(cfg, stack, ...)` builds the run's networks on the meta device (no weights read),
-runs two steps through `run_step.training_step` under `MetaSimulation` with a `MemoryTracker`
-(the first creates the optimizer states, the second is summarised) and returns the activation
-profile of the step plus the sizes of every model, which `memory_model` turns into per-GPU bytes.
+runs a steady-state step through `run_step.training_step` under `meta_sim.simulate` with a
+`MemoryTracker` and returns the activation profile of the step plus the sizes of every model,
+which `memory_model` turns into per-GPU bytes.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from npedit.config import Config
+from npedit.config import Config, apply_overrides
 from npedit.plan.meta_sim import simulate
 from npedit.plan.networks import build_networks, param_count
 from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
@@ -90,21 +90,33 @@ def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, for
     the fused ops run their GPU kernels unless the stack forces the reference ops; "cpu": the
     reference implementations, temporaries included).
 
-    Engine "torch": AdamW runs (states, gradients and the optimizer's temporaries are in the profile);
-    engine "deepspeed": gradients are dropped at accumulation and no optimizer runs (ZeRO's buffers are
-    accounted by the memory model)."""
-    sn = sn or build_networks(cfg, "meta", dataset)
-    batch = probe_batch(cfg, dataset, "meta")
-    step = step_with_passes(cfg, passes)
-    optimizers = make_optimizers(sn, cfg, foreach=foreach) if stack.engine == "torch" else None
+    Engine "torch": AdamW runs (its states exist before the step, as in any step after the first;
+    gradients and the optimizer's temporaries are in the profile); engine "deepspeed": gradients are
+    dropped at accumulation and no optimizer runs (ZeRO's buffers are accounted by the memory model).
+    The critic updates of a step are identical, so one is simulated."""
+    sim_cfg = apply_overrides(cfg, [f"method.fake_updates={min(1, cfg.method.fake_updates)}"])
+    sn = sn or build_networks(sim_cfg, "meta", dataset)
+    batch = probe_batch(sim_cfg, dataset, "meta")
+    step = step_with_passes(sim_cfg, passes)
+    optimizers = make_optimizers(sn, sim_cfg, foreach=foreach) if stack.engine == "torch" else None
     with applied(stack, sn, cfg.student.checkpointing):
         tracker = _PeakPhase()
+        # the tracker goes below the simulation's modes: it must see the ops they open up
         with tracker, simulate(decompose=target == "cpu" or stack.ops == "ref"):
-            training_step(sn, cfg, batch, step, optimizers, None, critic)
+            _init_states(optimizers)
             tracker.reset_peak()
-            tracker.phases.clear()
             tracker.peak_phase = ""
             start = tracker.live
-            out = training_step(sn, cfg, batch, step, optimizers, tracker, critic)
+            out = training_step(sn, sim_cfg, batch, step, optimizers, tracker, critic)
     profile = StepProfile(stack.name, out["passes"], tracker.peak - start, tracker.peak_phase, dict(tracker.phases))
     return profile, model_sizes(sn)
+
+
+def _init_states(optimizers: dict | None) -> None:
+    """Create the optimizer states the way a first step would (a step on zero gradients)."""
+    for opt in (optimizers or {}).values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
