@@ -74,10 +74,11 @@ def cpu_peak_bytes(fn) -> int:
 
 
 def measure_step(cfg: Config, stack: Stack, device: str = "cpu", dataset=None, passes: int = 2,
-                 critic: bool = True) -> Measurement:
-    """Build the run's networks on `device` and measure a steady-state step of `stack`."""
+                 critic: bool = True, words: list[str] | None = None, sn=None) -> Measurement:
+    """Build the run's networks on `device` (or take `sn`, built by `build_networks` for this config and
+    device) and measure a steady-state step of `stack`."""
     dev = torch.device(device)
-    sn = build_networks(cfg, dev, dataset)
+    sn = sn or build_networks(cfg, dev, dataset, words)
     batch = probe_batch(cfg, dataset, dev)
     step = step_with_passes(cfg, passes)
     optimizers = make_optimizers(sn, cfg)

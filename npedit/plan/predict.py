@@ -69,12 +69,12 @@ def predict(cfg: Config, hardware: Hardware, passes: int | None = None, critic: 
 
 
 def predict_measurable(cfg: Config, stack: Stack, device: str = "cpu", passes: int = 2, dataset=None,
-                       critic: bool = True) -> Breakdown:
+                       critic: bool = True, words: list[str] | None = None) -> Breakdown:
     """What `measure.measure_step(cfg, stack, device)` should report as its peak: one process, torch
     AdamW for both stacks (the step runner's layout), no runtime reserve."""
     torch_stack = dataclasses.replace(stack, engine="torch")
     dataset = dataset if dataset is not None else _dataset(cfg)
     profile, sizes = simulate_stack(cfg, torch_stack, dataset, passes, foreach=device == "cuda", critic=critic,
-                                    target=device)
+                                    target=device, words=words)
     return per_gpu(profile, sizes, cfg.train.precision, cfg.train.zero_stage, Hardware(1, 1e9, "none", "cpu"),
                    "torch", amp=False)

@@ -85,7 +85,8 @@ class _PeakPhase(MemoryTracker):
 
 
 def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, foreach: bool | None = None,
-                   critic: bool = True, sn=None, target: str = "cuda") -> tuple[StepProfile, list[ModelSize]]:
+                   critic: bool = True, sn=None, target: str = "cuda",
+                   words: list[str] | None = None) -> tuple[StepProfile, list[ModelSize]]:
     """Profile a steady-state step of `stack` on the meta device, as it would run on `target` ("cuda":
     the fused ops run their GPU kernels unless the stack forces the reference ops; "cpu": the
     reference implementations, temporaries included).
@@ -95,7 +96,7 @@ def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, for
     dropped at accumulation and no optimizer runs (ZeRO's buffers are accounted by the memory model).
     The critic updates of a step are identical, so one is simulated."""
     sim_cfg = apply_overrides(cfg, [f"method.fake_updates={min(1, cfg.method.fake_updates)}"])
-    sn = sn or build_networks(sim_cfg, "meta", dataset)
+    sn = sn or build_networks(sim_cfg, "meta", dataset, words)
     batch = probe_batch(sim_cfg, dataset, "meta")
     step = step_with_passes(sim_cfg, passes)
     optimizers = make_optimizers(sn, sim_cfg, foreach=foreach) if stack.engine == "torch" else None
