@@ -1,0 +1,145 @@
+"""Validate, then time, npedit's Triton attention against PyTorch SDPA backends (GPU machine).
+
+    python kernels/attention/validate_and_time.py --out results/attention.json [--quick]
+
+1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
+   outputs and all three gradients, with the tests' rule (error <= 2x the reference-in-bf16 error +
+   atol). Timing only runs when validation passes (a fast wrong kernel is not a result).
+2. Time forward and forward+backward with `triton.testing.do_bench` (median ms) for
+   bf16, head_dim 128, 16 heads, B·N = 16k tokens, N in 1k..16k, causal and not; baselines are SDPA
+   with the flash, cuDNN and memory-efficient backends (each skipped where unavailable).
+   TFLOP/s: forward 4·B·H·N²·D (half when causal), backward 2.5x forward (PEERS.md convention);
+   backward time = (fwd+bwd) - fwd.
+Writes one JSON with the device, versions, validation errors and one row per (impl, N, causal).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from npedit.ops.attention import _impl, attention, attention_ref  # noqa: E402
+from npedit.ops.testing import max_err  # noqa: E402
+
+
+def validate(atol: float = 4e-3, rtol: float = 1e-2) -> list[dict]:
+    """Ours vs float64 reference; returns one row per (case, tensor) with errors and pass flags."""
+    rows = []
+    cases = [(2, 1000, 1000, 16, 4, 128, False), (2, 1000, 1000, 16, 4, 128, True), (1, 777, 1001, 8, 8, 64, True),
+             (1, 1001, 777, 8, 1, 96, True), (1, 1000, 1000, 4, 4, 256, False)]
+    for b, sq, sk, hq, hk, d, causal in cases:
+        torch.manual_seed(0)
+        q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16)
+        do = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16)
+        results = {}
+        for name, fn, dtype in (("ours", attention, torch.bfloat16), ("ref_bf16", attention_ref, torch.bfloat16),
+                                ("ref64", attention_ref, torch.float64)):
+            ins = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+            out = fn(*ins, causal=causal)
+            grads = torch.autograd.grad(out, ins, do.to(dtype))
+            results[name] = [out.detach(), *grads]
+        for i, tensor in enumerate(("out", "dq", "dk", "dv")):
+            err = max_err(results["ours"][i], results["ref64"][i])
+            ref_err = max_err(results["ref_bf16"][i], results["ref64"][i])
+            scale = float(results["ref64"][i].abs().max())
+            bound = 2 * ref_err + atol + rtol * scale
+            rows.append(dict(case=f"B{b} Sq{sq} Sk{sk} Hq{hq} Hk{hk} D{d} {'causal' if causal else 'full'}",
+                             tensor=tensor, err=err, ref_bf16_err=ref_err, bound=bound, ok=err <= bound))
+            print(f"{'ok ' if err <= bound else 'BAD'} {rows[-1]['case']:40s} {tensor:3s} err {err:.2e} "
+                  f"ref-bf16 {ref_err:.2e} bound {bound:.2e}", flush=True)
+    return rows
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v, causal):  # q, k, v [B, H, N, D] contiguous (SDPA's native layout)
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+def _bench(fn, shape: tuple, causal: bool) -> tuple[float, float]:
+    """Median ms of forward and of backward (= fwd+bwd - fwd). fn None = npedit ([B, N, H, D] inputs),
+    else an SDPA runner ([B, H, N, D] inputs, its native layout)."""
+    from triton.testing import do_bench
+    b, n, h, d = shape
+    layout = (b, n, h, d) if fn is None else (b, h, n, d)
+    q, k, v = (torch.randn(layout, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(layout, device="cuda", dtype=torch.bfloat16)
+    if fn is None:
+        assert _impl(q, k, v, "attention") == "triton"
+
+        def fwd():
+            return attention(q, k, v, causal=causal)
+    else:
+        def fwd():
+            return fn(q, k, v, causal)
+
+    def fwd_bwd():
+        return torch.autograd.grad(fwd(), (q, k, v), grad)
+
+    fwd_bwd()
+    t_fwd = do_bench(fwd, warmup=25, rep=100)
+    t_all = do_bench(fwd_bwd, warmup=25, rep=100)
+    return t_fwd, max(t_all - t_fwd, 1e-6)
+
+
+def time_all(seqlens, heads=16, head_dim=128, tokens=16384) -> list[dict]:
+    from torch.nn.attention import SDPBackend
+    impls = {"npedit_triton": None}
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        if hasattr(SDPBackend, name):
+            impls[f"sdpa_{name.lower().replace('_attention', '')}"] = _sdpa(getattr(SDPBackend, name))
+    rows = []
+    for n in seqlens:
+        b = max(1, tokens // n)
+        for causal in (False, True):
+            flops_fwd = 4 * b * heads * n * n * head_dim / (2 if causal else 1)
+            for name, fn in impls.items():
+                row = dict(impl=name, N=n, B=b, H=heads, D=head_dim, causal=causal)
+                try:
+                    t_fwd, t_bwd = _bench(fn, (b, n, heads, head_dim), causal)
+                    row.update(fwd_ms=t_fwd, bwd_ms=t_bwd, fwd_tflops=flops_fwd / t_fwd / 1e9,
+                               bwd_tflops=2.5 * flops_fwd / t_bwd / 1e9)
+                except Exception as exc:  # noqa: BLE001 - a backend refusing a shape is recorded, not fatal
+                    row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                rows.append(row)
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+                torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="attention.json")
+    parser.add_argument("--quick", action="store_true", help="N in {1k, 4k} only")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    import triton
+    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    report["validation"] = validate()
+    ok = all(r["ok"] for r in report["validation"])
+    if ok:
+        report["timings"] = time_all([1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384])
+    else:
+        print("validation failed: not timing")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Tolerance rule shared by the op tests and the kernel lab (flash-attention's rule).
+
+A fast op in dtype d is compared with the reference run in float64 on the same (rounded) inputs;
+its error may be at most `factor` (2) times the error of the reference run in dtype d itself, plus
+an absolute floor `atol + rtol * max|ref64|` declared per dtype next to the test's parametrisation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in float64; positions where both are equal infinities (e.g. lse = -inf) count as 0."""
+    a, b = a.double(), b.double()
+    same_inf = torch.isinf(a) & torch.isinf(b) & (a == b)
+    diff = torch.where(same_inf, 0.0, (a - b).abs())
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def assert_close_to_reference(actual: torch.Tensor, ref_dtype: torch.Tensor, ref64: torch.Tensor, atol: float,
+                              rtol: float = 0.0, factor: float = 2.0, name: str = "output") -> None:
+    """|actual - ref64| <= factor * |ref_dtype - ref64| + atol + rtol * max|ref64| (max over elements)."""
+    assert actual.shape == ref64.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(ref64.shape)}"
+    err = max_err(actual, ref64)
+    ref_err = max_err(ref_dtype, ref64)
+    finite = ref64[torch.isfinite(ref64)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    bound = factor * ref_err + atol + rtol * scale
+    assert err <= bound, (f"{name}: error {err:.3g} > bound {bound:.3g} (reference-in-dtype error {ref_err:.3g}, "
+                          f"atol {atol:g}, rtol {rtol:g} x {scale:.3g})")
+
+
+def assert_all_close_to_reference(actuals: Sequence[torch.Tensor], refs_dtype: Sequence[torch.Tensor],
+                                  refs64: Sequence[torch.Tensor], atol: float, rtol: float = 0.0,
+                                  names: Sequence[str] | None = None) -> None:
+    names = names or [f"tensor {i}" for i in range(len(actuals))]
+    for a, r, r64, n in zip(actuals, refs_dtype, refs64, names):
+        assert_close_to_reference(a, r, r64, atol, rtol, name=n)

@@ -1,0 +1,241 @@
+"""FlashAttention-2 style forward in Triton: tiles of queries, an online softmax over key tiles,
+the log-sum-exp saved instead of the attention matrix.
+
+One kernel serves both layouts: [B, S, H, D] (batch) and packed [T, H, D] with cumulative
+sequence lengths (varlen, treated as a batch of one with per-segment starts). Grouped-query heads
+read kv head `h // (Hq // Hk)`. Head dims that are not a power of two are padded to the next one and
+masked; sequence tails are masked. Causal masking is bottom-right aligned (flash-attn >= 2.1):
+query i of a segment sees key j iff j <= i + (Sk - Sq); a query that sees no key gets out = 0 and
+lse = -inf.
+
+Numerics: scores and the softmax are fp32; on the GPU the two matmuls take fp16/bf16 operands with
+fp32 accumulation (P is rounded to the input dtype before P @ V, as in FlashAttention), fp32 inputs
+use IEEE fp32 dots. Under the interpreter bf16 loads are upcast to fp32 before any arithmetic.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from npedit.ops.triton import interpreting
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n, offs_d, mask_d,
+                    lo, hi, seqlen_q, seqlen_k, qk_scale,
+                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    # acc [BM, BD] fp32, l_i/m_i [BM] fp32 (m in log2 units of the scaled scores)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_mask = (cols[:, None] < seqlen_k) & mask_d[None, :]
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if q.dtype == tl.float32:  # q was upcast (interpreter bf16) or is fp32: keep k, v alike
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+        if MASKED:
+            valid = cols[None, :] < seqlen_k
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    Q, K, V, Out, Lse, CuQ, CuK,
+    qk_scale,  # softmax_scale * log2(e)
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_vb, stride_vn, stride_vh,
+    stride_ob, stride_om, stride_oh,
+    stride_lb, stride_lh, stride_lm,
+    num_heads, group, seqlen_q, seqlen_k, head_dim,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    off_hk = off_h // group
+    if IS_VARLEN:  # segment off_b: rows cu[off_b]:cu[off_b + 1] of a batch of one
+        q_start = tl.load(CuQ + off_b)
+        seqlen_q = tl.load(CuQ + off_b + 1) - q_start
+        k_start = tl.load(CuK + off_b)
+        seqlen_k = tl.load(CuK + off_b + 1) - k_start
+        q_start = q_start.to(tl.int64)
+        k_start = k_start.to(tl.int64)
+    else:
+        q_start = 0
+        k_start = 0
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    off_b64 = off_b.to(tl.int64)
+    q_base = Q + off_b64 * stride_qb + off_h.to(tl.int64) * stride_qh + q_start * stride_qm
+    k_base = K + off_b64 * stride_kb + off_hk.to(tl.int64) * stride_kh + k_start * stride_kn
+    v_base = V + off_b64 * stride_vb + off_hk.to(tl.int64) * stride_vh + k_start * stride_vn
+    q_mask = (offs_m[:, None] < seqlen_q) & mask_d[None, :]
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # keys [0, lo_mask) are visible to every row of this tile; [lo_mask, hi) need the mask
+    full_k = (seqlen_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
+        lo_mask = tl.minimum((tl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
+    else:
+        hi = seqlen_k
+        lo_mask = full_k
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n,
+                                    offs_d, mask_d, 0, lo_mask, seqlen_q, seqlen_k, qk_scale,
+                                    False, CAUSAL, PRECISION, BLOCK_N)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n,
+                                    offs_d, mask_d, lo_mask, hi, seqlen_q, seqlen_k, qk_scale,
+                                    True, CAUSAL, PRECISION, BLOCK_N)
+    empty = l_i == 0.0  # no visible key: out = 0, lse = -inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    o_base = Out + off_b64 * stride_ob + off_h.to(tl.int64) * stride_oh + q_start * stride_om
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
+    l_base = Lse + off_b64 * stride_lb + off_h.to(tl.int64) * stride_lh + q_start * stride_lm
+    tl.store(l_base + offs_m * stride_lm, lse, mask=offs_m < seqlen_q)
+
+
+# ---------------------------------------------------------------------------------------------------
+# launcher helpers shared with the backward
+
+
+def padded_head_dim(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 dots (tf32 would be ~1e-3 off the fp32 reference)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    """Compute on fp32 copies of the loads: always for bf16 under the interpreter (its bf16
+    arithmetic is wrong), never needed on the GPU where dots take bf16/fp16 with fp32 accumulate."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+def store_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the buffers a kernel writes: the interpreter casts fp32 -> bf16 by truncation (the GPU
+    rounds to nearest even), so under it bf16 results are written in fp32 and rounded by torch."""
+    return torch.float32 if upcast(dtype) else dtype
+
+
+def fwd_config(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Block sizes. The interpreter uses small tiles so tests cross several tiles and tails. GPU
+    configs are the largest tiles that compile for sm_90 without register spills in the common
+    cases (kernels/compile_check.py; NOTES.md has the sweep); fp32 runs FMA dots in small tiles."""
+    if interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        if head_dim_pad <= 64:
+            return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1)
+        if head_dim_pad <= 128:
+            return dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=1)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    if head_dim_pad <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    if head_dim_pad <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def check_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot take these inputs, or None when they can."""
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} (fp16, bf16, fp32 supported)"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
+        return f"head dims differ (q {q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]})"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    return None
+
+
+def as_4d(x: torch.Tensor) -> torch.Tensor:
+    """[T, H, D] (varlen) -> [1, T, H, D] view; [B, S, H, D] unchanged."""
+    return x.unsqueeze(0) if x.dim() == 3 else x
+
+
+def attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens_q=None, cu_seqlens_k=None,
+                  max_seqlen_q: int = 0):
+    """Launch the forward. Batch: q [B, Sq, Hq, D], k/v [B, Sk, Hk, D] -> out [B, Sq, Hq, D],
+    lse [B, Hq, Sq] fp32. Varlen: q [Tq, Hq, D], k/v [Tk, Hk, D], cu_seqlens int32 [N + 1] ->
+    out [Tq, Hq, D], lse [Hq, Tq] fp32."""
+    varlen = cu_seqlens_q is not None
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q4, k4, v4 = as_4d(q), as_4d(k), as_4d(v)
+    batch, seqlen_q, num_heads, head_dim = q4.shape
+    seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
+    out = torch.empty(q.shape, dtype=store_dtype(q.dtype), device=q.device)
+    o4 = as_4d(out)
+    if varlen:
+        num_seqs = cu_seqlens_q.numel() - 1
+        lse = torch.empty(num_heads, seqlen_q, dtype=torch.float32, device=q.device)
+        lse_strides = (0, lse.stride(0), lse.stride(1))
+        rows, cu_q, cu_k = max_seqlen_q, cu_seqlens_q, cu_seqlens_k
+    else:
+        num_seqs = batch
+        lse = torch.empty(batch, num_heads, seqlen_q, dtype=torch.float32, device=q.device)
+        lse_strides = lse.stride()
+        rows, cu_q, cu_k = seqlen_q, q, q  # cu pointers unused
+    if rows == 0 or num_seqs == 0:
+        lse.fill_(float("-inf"))
+        return out.zero_().to(q.dtype), lse
+    cfg = fwd_config(padded_head_dim(head_dim), q.dtype)
+    grid = (triton.cdiv(rows, cfg["BLOCK_M"]), num_seqs * num_heads)
+    _attention_fwd_kernel[grid](
+        q4, k4, v4, o4, lse, cu_q, cu_k, softmax_scale * LOG2E,
+        q4.stride(0) if not varlen else 0, q4.stride(1), q4.stride(2),
+        k4.stride(0) if not varlen else 0, k4.stride(1), k4.stride(2),
+        v4.stride(0) if not varlen else 0, v4.stride(1), v4.stride(2),
+        o4.stride(0) if not varlen else 0, o4.stride(1), o4.stride(2),
+        *lse_strides,
+        num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
+        CAUSAL=causal, IS_VARLEN=varlen, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
+        BLOCK_D=padded_head_dim(head_dim), **cfg,
+    )
+    return out.to(q.dtype), lse
+
+
+def default_scale(head_dim: int, softmax_scale: float | None) -> float:
+    return softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)

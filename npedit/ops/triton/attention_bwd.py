@@ -1,0 +1,332 @@
+"""FlashAttention-2 style backward in Triton: the attention matrix is recomputed tile by tile from
+q, k and the saved log-sum-exp.
+
+Three launches, no atomics (deterministic):
+1. `_attention_bwd_preprocess_kernel`: delta = rowsum(dO * O) (minus dLSE when the lse was used);
+2. `_attention_bwd_dkdv_kernel`: one program per (key tile, kv head) walks the query tiles of every
+   q head of its group (grouped-query heads reduce inside the program);
+3. `_attention_bwd_dq_kernel`: one program per (query tile, q head) walks the key tiles.
+With P = exp(S - lse) and dS = P * (dO V^T - delta): dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from npedit.ops.triton import interpreting
+from npedit.ops.triton.attention import LOG2E, as_4d, dot_precision, padded_head_dim, store_dtype, upcast
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    Out, DO, Delta, CuQ,
+    stride_ob, stride_om, stride_oh, stride_dob, stride_dom, stride_doh, stride_lb, stride_lh, stride_lm,
+    num_heads, seqlen_q, head_dim,
+    IS_VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    if IS_VARLEN:
+        q_start = tl.load(CuQ + off_b)
+        seqlen_q = tl.load(CuQ + off_b + 1) - q_start
+        q_start = q_start.to(tl.int64)
+    else:
+        q_start = 0
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim)
+    off_b64 = off_b.to(tl.int64)
+    off_h64 = off_h.to(tl.int64)
+    o = tl.load(Out + off_b64 * stride_ob + off_h64 * stride_oh + (q_start + offs_m[:, None]) * stride_om
+                + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + off_b64 * stride_dob + off_h64 * stride_doh + (q_start + offs_m[:, None]) * stride_dom
+                 + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    tl.store(Delta + off_b64 * stride_lb + off_h64 * stride_lh + (q_start + offs_m) * stride_lm, delta,
+             mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom, stride_lm,
+                         offs_n, offs_m0, offs_d, mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale,
+                         MASKED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr):
+    # k, v [BN, BD]; dk, dv [BN, BD] fp32; walks query tiles [lo, hi)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        row_ok = offs_m < seqlen_q
+        mask = row_ok[:, None] & mask_d[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=mask, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(l_base + offs_m * stride_lm, mask=row_ok, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # empty rows: P = 0
+        delta = tl.load(d_base + offs_m * stride_lm, mask=row_ok, other=0.0)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])  # [BN, BM]
+        if MASKED:  # causal: key n visible to query m iff n <= m + (Sk - Sq)
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BN, BM]
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV, CuQ, CuK,
+    qk_scale, sm_scale,
+    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+    stride_dob, stride_dom, stride_doh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+    stride_lb, stride_lh, stride_lm,
+    num_kv_heads, group, seqlen_q, seqlen_k, head_dim,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_kv_heads
+    off_hk = pid_bh % num_kv_heads
+    if IS_VARLEN:
+        q_start = tl.load(CuQ + off_b)
+        seqlen_q = tl.load(CuQ + off_b + 1) - q_start
+        k_start = tl.load(CuK + off_b)
+        seqlen_k = tl.load(CuK + off_b + 1) - k_start
+        q_start = q_start.to(tl.int64)
+        k_start = k_start.to(tl.int64)
+    else:
+        q_start = 0
+        k_start = 0
+    start_n = pid_n * BLOCK_N
+    if start_n >= seqlen_k:
+        return
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    kv_mask = (offs_n[:, None] < seqlen_k) & mask_d[None, :]
+    off_b64 = off_b.to(tl.int64)
+    off_hk64 = off_hk.to(tl.int64)
+    k = tl.load(K + off_b64 * stride_kb + off_hk64 * stride_kh + (k_start + offs_n[:, None]) * stride_kn
+                + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + off_b64 * stride_vb + off_hk64 * stride_vh + (k_start + offs_n[:, None]) * stride_vn
+                + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # query tiles [lo, full_lo) straddle the causal diagonal; [full_lo, Sq) see every key of this tile.
+    # Padded keys (n >= Sk) need no mask: their rows of dK/dV are never stored.
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q
+        lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
+        full_lo = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, lo)
+        mid = tl.minimum(full_lo, seqlen_q)
+    else:
+        lo = 0
+        full_lo = 0
+        mid = 0
+    for g in range(0, group):
+        off_h64 = (off_hk * group + g).to(tl.int64)
+        q_base = Q + off_b64 * stride_qb + off_h64 * stride_qh + q_start * stride_qm
+        do_base = DO + off_b64 * stride_dob + off_h64 * stride_doh + q_start * stride_dom
+        l_base = Lse + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
+        d_base = Delta + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
+        if CAUSAL:
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom,
+                                          stride_lm, offs_n, offs_m0, offs_d, mask_d, lo, mid, seqlen_q,
+                                          seqlen_k, qk_scale, True, UPCAST, PRECISION, BLOCK_M)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom,
+                                      stride_lm, offs_n, offs_m0, offs_d, mask_d, full_lo, seqlen_q, seqlen_q,
+                                      seqlen_k, qk_scale, False, UPCAST, PRECISION, BLOCK_M)
+    dk = dk * sm_scale
+    tl.store(DK + off_b64 * stride_dkb + off_hk64 * stride_dkh + (k_start + offs_n[:, None]) * stride_dkn
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + off_b64 * stride_dvb + off_hk64 * stride_dvh + (k_start + offs_n[:, None]) * stride_dvn
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n0, offs_d,
+                       mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale,
+                       MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                       PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    # q, do [BM, BD]; lse (log2 units), delta [BM]; dq [BM, BD] fp32; walks key tiles [lo, hi)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kv_mask = (offs_n[:, None] < seqlen_k) & mask_d[None, :]
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])  # [BM, BN]
+        if MASKED:  # padded keys would give P = exp(-lse) != 0 here
+            valid = offs_n[None, :] < seqlen_k
+            if CAUSAL:
+                valid = valid & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+            p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, CuQ, CuK,
+    qk_scale, sm_scale,
+    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+    stride_dob, stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh,
+    stride_lb, stride_lh, stride_lm,
+    num_heads, group, seqlen_q, seqlen_k, head_dim,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    off_hk = off_h // group
+    if IS_VARLEN:
+        q_start = tl.load(CuQ + off_b)
+        seqlen_q = tl.load(CuQ + off_b + 1) - q_start
+        k_start = tl.load(CuK + off_b)
+        seqlen_k = tl.load(CuK + off_b + 1) - k_start
+        q_start = q_start.to(tl.int64)
+        k_start = k_start.to(tl.int64)
+    else:
+        q_start = 0
+        k_start = 0
+    start_m = pid_m * BLOCK_M
+    if start_m >= seqlen_q:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    row_ok = offs_m < seqlen_q
+    q_mask = row_ok[:, None] & mask_d[None, :]
+    off_b64 = off_b.to(tl.int64)
+    off_h64 = off_h.to(tl.int64)
+    q = tl.load(Q + off_b64 * stride_qb + off_h64 * stride_qh + (q_start + offs_m[:, None]) * stride_qm
+                + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + off_b64 * stride_dob + off_h64 * stride_doh + (q_start + offs_m[:, None]) * stride_dom
+                 + offs_d[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    l_ptrs = off_b64 * stride_lb + off_h64 * stride_lh + (q_start + offs_m) * stride_lm
+    lse = tl.load(Lse + l_ptrs, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(Delta + l_ptrs, mask=row_ok, other=0.0)
+    k_base = K + off_b64 * stride_kb + off_hk.to(tl.int64) * stride_kh + k_start * stride_kn
+    v_base = V + off_b64 * stride_vb + off_hk.to(tl.int64) * stride_vh + k_start * stride_vn
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    full_k = (seqlen_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
+        lo_mask = tl.minimum((tl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
+    else:
+        hi = seqlen_k
+        lo_mask = full_k
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n0, offs_d,
+                            mask_d, 0, lo_mask, seqlen_q, seqlen_k, qk_scale, False, CAUSAL, UPCAST, PRECISION,
+                            BLOCK_N)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n0, offs_d,
+                            mask_d, lo_mask, hi, seqlen_q, seqlen_k, qk_scale, True, CAUSAL, UPCAST, PRECISION,
+                            BLOCK_N)
+    dq = dq * sm_scale
+    tl.store(DQ + off_b64 * stride_dqb + off_h64 * stride_dqh + (q_start + offs_m[:, None]) * stride_dqm
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def preprocess_block_m(head_dim_pad: int) -> int:
+    """Rows per delta program: two [BM, BD] fp32 tiles stay in registers (hd256 at BM 64 spills)."""
+    return 16 if interpreting() else max(16, min(64, 8192 // head_dim_pad))
+
+
+def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
+    """(dK/dV config, dQ config): the dK/dV pass holds a key tile and walks query tiles, the dQ pass
+    the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py)."""
+    def cfg(m, n, warps, stages):
+        return dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
+    if interpreting():
+        return cfg(16, 16, 4, 1), cfg(16, 16, 4, 1)
+    if dtype == torch.float32:
+        if head_dim_pad <= 64:
+            return cfg(64, 32, 8, 1), cfg(64, 32, 8, 1)
+        if head_dim_pad <= 128:
+            return cfg(32, 16, 4, 1), cfg(32, 16, 4, 1)
+        return cfg(16, 16, 4, 1), cfg(16, 16, 4, 1)
+    if head_dim_pad <= 64:
+        return cfg(32, 128, 8, 2), cfg(128, 32, 8, 2)
+    if head_dim_pad <= 128:
+        return cfg(16, 64, 8, 3), cfg(64, 32, 8, 3)
+    return cfg(16, 32, 8, 1), cfg(32, 32, 8, 1)
+
+
+def _strides3(x: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, token, head) strides of a [B, S, H, D] view (batch stride 0 for varlen)."""
+    return (0 if varlen else x.stride(0)), x.stride(1), x.stride(2)
+
+
+def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, dlse=None,
+                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q: int = 0, max_seqlen_k: int = 0):
+    """Launch the backward; shapes as in `attention_fwd` (lse [B, Hq, Sq] or varlen [Hq, Tq]).
+    dlse (optional, lse's shape): gradient reaching the returned lse. -> dq, dk, dv like q, k, v."""
+    varlen = cu_seqlens_q is not None
+    dout, q, k, v, out = (t if t.stride(-1) == 1 else t.contiguous() for t in (dout, q, k, v, out))
+    q4, k4, v4, o4, do4 = (as_4d(t) for t in (q, k, v, out, dout))
+    batch, seqlen_q, num_heads, head_dim = q4.shape
+    seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
+    dq = torch.empty(q.shape, dtype=store_dtype(q.dtype), device=q.device)
+    dk = torch.empty(k.shape, dtype=store_dtype(k.dtype), device=k.device)
+    dv = torch.empty(v.shape, dtype=store_dtype(v.dtype), device=v.device)
+    dq4, dk4, dv4 = as_4d(dq), as_4d(dk), as_4d(dv)
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    if varlen:
+        num_seqs, rows_q, rows_k = cu_seqlens_q.numel() - 1, max_seqlen_q, max_seqlen_k
+        l_strides = (0, lse.stride(0), lse.stride(1))
+        cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
+    else:
+        num_seqs, rows_q, rows_k = batch, seqlen_q, seqlen_k
+        l_strides = lse.stride()
+        cu_q, cu_k = q, q  # unused
+    if num_seqs == 0 or rows_q == 0 or rows_k == 0:
+        return dq.zero_().to(q.dtype), dk.zero_().to(k.dtype), dv.zero_().to(v.dtype)
+    block_d = padded_head_dim(head_dim)
+    common = dict(IS_VARLEN=varlen, BLOCK_D=block_d)
+    pre_m = preprocess_block_m(block_d)
+    _attention_bwd_preprocess_kernel[(triton.cdiv(rows_q, pre_m), num_seqs * num_heads)](
+        o4, do4, delta, cu_q, *_strides3(o4, varlen), *_strides3(do4, varlen), *l_strides,
+        num_heads, seqlen_q, head_dim, BLOCK_M=pre_m, **common)
+    if dlse is not None:
+        delta -= dlse.float()
+    up, prec = upcast(q.dtype), dot_precision(q.dtype)
+    kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
+    args = (q4, k4, v4, do4, lse, delta)
+    strides = (*_strides3(q4, varlen), *_strides3(k4, varlen), *_strides3(v4, varlen), *_strides3(do4, varlen))
+    qk_scale = softmax_scale * LOG2E
+    _attention_bwd_dkdv_kernel[(triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)](
+        *args, dk4, dv4, cu_q, cu_k, qk_scale, softmax_scale,
+        *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *l_strides,
+        num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
+        CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **kv_cfg)
+    _attention_bwd_dq_kernel[(triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)](
+        *args, dq4, cu_q, cu_k, qk_scale, softmax_scale,
+        *strides, *_strides3(dq4, varlen), *l_strides,
+        num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
+        CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **q_cfg)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
