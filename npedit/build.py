@@ -197,7 +197,8 @@ class ModelPlan:
             raise ConfigError("student.teacher is a diffusers pipeline but student.pretrained is a built-in DiT")
         if self.vlm_family != "builtin":
             from npedit.adapters.hf_judge import HFJudgeSpec
-            self.judge_spec = HFJudgeSpec(cfg.vlm.pretrained, cfg.vlm.image_size, cfg.vlm.answer_loss)
+            self.judge_spec = HFJudgeSpec(cfg.vlm.pretrained, cfg.vlm.image_size, cfg.vlm.answer_loss,
+                                           attention=cfg.vlm.attention)
             if dataset is not None and len(dataset):
                 from npedit.method.questions import build_questions
                 questions, _ = build_questions(judge_probe_batch(dataset), cfg.method.identity_question,

@@ -62,8 +62,11 @@ class VLMConfig:
     patch_size: int = 4
     max_text_len: int = 32
     answer_loss: str = "binary"   # binary (Yes/No logits, the paper) | vocab (full-vocabulary CE ablation)
+    attention: str = "npedit"     # transformers judges: attn_implementation (npedit = the fused op; sdpa; eager)
 
     def __post_init__(self):
+        if self.attention not in ("npedit", "sdpa", "eager"):
+            raise ConfigError(f"vlm.attention must be npedit|sdpa|eager, got {self.attention!r}")
         if self.image_size < 0:
             raise ConfigError(f"vlm.image_size must be >= 0 (0 = the judge's own size), got {self.image_size}")
         if self.answer_loss not in ("binary", "vocab"):

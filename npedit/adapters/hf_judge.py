@@ -47,10 +47,11 @@ def answer_token_id(tokenizer, word: str, field: str) -> int:
 class HFJudgeSpec:
     """Everything about a transformers judge that needs no weights; `build` loads the model."""
 
-    def __init__(self, source: str, image_size: int = 0, answer_loss: str = "binary", field: str = "vlm.pretrained"):
+    def __init__(self, source: str, image_size: int = 0, answer_loss: str = "binary", field: str = "vlm.pretrained",
+                 attention: str = "npedit"):
         from transformers import AutoTokenizer
 
-        self.source, self.field, self.answer_loss = source, field, answer_loss
+        self.source, self.field, self.answer_loss, self.attention = source, field, answer_loss, attention
         self.family_name = detect_vlm(source, field)
         if self.family_name not in FAMILY_CLASSES:
             raise ConfigError(f"{field}={source!r} is not a transformers judge")
@@ -116,7 +117,10 @@ class HFJudgeSpec:
         from npedit.adapters.zero_load import load_transformers
 
         cls = getattr(transformers, VLM_FAMILIES[self.family_name])
-        vlm = load_transformers(cls, self.source, "", dtype, ds_config)
+        if self.attention == "npedit":
+            from npedit.adapters.hf_attention import register_transformers_attention
+            register_transformers_attention()
+        vlm = load_transformers(cls, self.source, "", dtype, ds_config, attn_implementation=self.attention)
         vlm.requires_grad_(False)
         return JudgeModule(vlm, self.family).eval()
 

@@ -107,9 +107,11 @@ def load_diffusers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_conf
     return model  # its dtype is the ZeRO-3 config's (bf16 when enabled)
 
 
-def load_transformers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_config: dict | None) -> nn.Module:
+def load_transformers(cls, source: str, subfolder: str, dtype: torch.dtype, ds_config: dict | None,
+                      **kwargs) -> nn.Module:
     """A transformers PreTrainedModel class; `from_pretrained` under an HfDeepSpeedConfig when ds_config is given."""
-    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
     if ds_config is None:
         return cls.from_pretrained(source, dtype=dtype, **kwargs)
     from transformers.integrations.deepspeed import (
