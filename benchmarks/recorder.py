@@ -81,11 +81,18 @@ class Recorder:
             return None
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        finalize(self.rows)
         stem = f"{self.machine_name()}-{_dt.date.today().isoformat()}"
-        doc = {"machine": machine_info(self.device), "versions": versions(),
-               "command": " ".join(["pytest", *sys.argv[1:]]) if "pytest" in sys.argv[0] else " ".join(sys.argv),
-               "date": _dt.datetime.now().isoformat(timespec="seconds"), "rows": self.rows}
+        command = " ".join(["pytest", *sys.argv[1:]]) if "pytest" in sys.argv[0] else " ".join(sys.argv)
+        rows, commands = list(self.rows), [command]
+        previous = out_dir / f"{stem}.json"
+        if previous.is_file():  # same machine and day: keep the groups this run did not measure
+            old = json.loads(previous.read_text())
+            groups = {r["group"] for r in rows}
+            rows = [r for r in old.get("rows", []) if r["group"] not in groups] + rows
+            commands = [c for c in old.get("commands", [old.get("command", "")]) if c and c != command] + commands
+        finalize(rows)
+        doc = {"machine": machine_info(self.device), "versions": versions(), "command": command,
+               "commands": commands, "date": _dt.datetime.now().isoformat(timespec="seconds"), "rows": rows}
         (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         (out_dir / f"{stem}.md").write_text(markdown(doc))
         return out_dir / f"{stem}.json"
@@ -151,7 +158,7 @@ def markdown(doc: dict) -> str:
              f"- machine: {m.get('gpu') or m['cpu']} ({'GPU' if m.get('gpu') else 'CPU'}; CPU {m['cpu']}, "
              f"{m['cpu_cores_visible']} cores visible, OMP_NUM_THREADS={m['omp_num_threads']})",
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
-             f"- command: `{doc['command']}`", ""]
+             *[f"- command: `{c}`" for c in doc.get("commands", [doc["command"]])], ""]
     groups = list(dict.fromkeys(r["group"] for r in doc["rows"]))
     for group in groups:
         rows = [r for r in doc["rows"] if r["group"] == group]

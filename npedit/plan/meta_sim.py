@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["DecomposeCustomOps", "MetaSimulation", "SimFunctions", "flash_sdpa", "simulate"]
+__all__ = ["DecomposeCustomOps", "MetaSimulation", "SimFunctions", "flash_sdpa", "gpu_kernels", "simulate"]
 
 _META = torch.device("meta")
 _CPU = torch.device("cpu")
@@ -171,6 +171,34 @@ def flash_sdpa():
         yield
     finally:
         F.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
+def gpu_kernels():
+    """npedit's ops pick their GPU kernels for meta tensors, as they would for CUDA tensors (unless
+    NPEDIT_OPS forces the reference): the Triton custom ops, whose fake kernels give their outputs and
+    whose autograd saves what the kernels save. A no-op where Triton is not importable."""
+    from npedit.ops import adaln, answer_loss, attention
+    from npedit.ops.backend import forced_backend
+    from npedit.ops.triton import available, use_triton
+
+    if not available():
+        yield
+        return
+
+    def on_gpu(*tensors, op: str = "op") -> bool:
+        if tensors and all(t.device.type == "meta" for t in tensors) and forced_backend() != "ref":
+            return True
+        return use_triton(*tensors, op=op)
+
+    modules = (adaln, answer_loss, attention)
+    for module in modules:
+        module.use_triton = on_gpu
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.use_triton = use_triton
 
 
 @contextlib.contextmanager

@@ -7,12 +7,13 @@ which `memory_model` turns into per-GPU bytes.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from npedit.config import Config, apply_overrides
-from npedit.plan.meta_sim import simulate
+from npedit.plan.meta_sim import gpu_kernels, simulate
 from npedit.plan.networks import build_networks, param_count
 from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
 from npedit.plan.stacks import Stack, applied
@@ -88,8 +89,9 @@ def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, for
                    critic: bool = True, sn=None, target: str = "cuda",
                    words: list[str] | None = None) -> tuple[StepProfile, list[ModelSize]]:
     """Profile a steady-state step of `stack` on the meta device, as it would run on `target` ("cuda":
-    the fused ops run their GPU kernels unless the stack forces the reference ops; "cpu": the
-    reference implementations, temporaries included).
+    the fused ops take their GPU kernels (`meta_sim.gpu_kernels`) unless the stack forces the
+    reference ops; "cpu", or the reference ops anywhere: the reference implementations, their
+    temporaries included).
 
     Engine "torch": AdamW runs (its states exist before the step, as in any step after the first;
     gradients and the optimizer's temporaries are in the profile); engine "deepspeed": gradients are
@@ -103,7 +105,8 @@ def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, for
     with applied(stack, sn, cfg.student.checkpointing):
         tracker = _PeakPhase()
         # the tracker goes below the simulation's modes: it must see the ops they open up
-        with tracker, simulate(decompose=target == "cpu" or stack.ops == "ref"):
+        gpu = target == "cuda" and stack.ops != "ref"
+        with tracker, simulate(decompose=not gpu), (gpu_kernels() if gpu else contextlib.nullcontext()):
             _init_states(optimizers)
             tracker.reset_peak()
             tracker.peak_phase = ""
