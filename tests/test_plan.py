@@ -44,13 +44,13 @@ def _check(cfg, stack, dataset, allocator_tol: float | None = TOL):
     return predicted, measured
 
 
-@pytest.mark.parametrize("preset", ["shapes_tiny", "shapes"])
-def test_builtin_models_predicted_within_15_percent(preset):
+@pytest.mark.parametrize("preset,stacks", [("shapes_tiny", (PLAIN, NPEDIT)), ("shapes", (NPEDIT,))])
+def test_builtin_models_predicted_within_15_percent(preset, stacks):
     cfg = apply_overrides(get_preset(preset), ["student.checkpointing=selective", "method.fake_updates=1"])
     dataset = build_dataset(cfg)
-    plain, _ = _check(cfg, PLAIN, dataset)
-    npedit, _ = _check(cfg, NPEDIT, dataset)
-    assert npedit.allocated < plain.allocated
+    predicted = [_check(cfg, stack, dataset)[0] for stack in stacks]
+    if len(predicted) == 2:
+        assert predicted[1].allocated < predicted[0].allocated
 
 
 def _tiny_published(tmp_path, student: str, judge: str):
@@ -67,12 +67,13 @@ def _tiny_published(tmp_path, student: str, judge: str):
 # The CPU oneDNN kernels of the Qwen vision tower's Conv3d patch embedding keep buffers of their own
 # (about 7x the pixels in backward) that no tensor shows: the allocator sees them, the tensor-level
 # simulation does not. At these tiny widths that is a third of the plain step; see docs/performance.md.
-@pytest.mark.parametrize("student,judge,allocator_tol", [("flux", "llava_onevision", TOL), ("sd3", "internvl", TOL),
-                                                         ("sd3", "qwen2_5_vl", None)])
-def test_tiny_published_models_predicted_within_15_percent(tmp_path, student, judge, allocator_tol):
+@pytest.mark.parametrize("student,judge,stacks,allocator_tol", [
+    ("flux", "llava_onevision", (PLAIN, NPEDIT), TOL), ("sd3", "internvl", (NPEDIT,), TOL),
+    ("sd3", "qwen2_5_vl", (PLAIN,), None)])
+def test_tiny_published_models_predicted_within_15_percent(tmp_path, student, judge, stacks, allocator_tol):
     cfg = _tiny_published(tmp_path, student, judge)
     dataset = build_dataset(cfg)
-    for stack in (PLAIN, NPEDIT):
+    for stack in stacks:
         predicted, measured = _check(cfg, stack, dataset, allocator_tol)
         saved = predicted.activations  # the student loss's forward keeps these (and its small outputs)
         assert _close(sum(saved.values()), measured.saved_bytes, 0.05), (saved, measured.saved_bytes)

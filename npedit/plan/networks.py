@@ -119,13 +119,13 @@ def _meta_diffusers(name: str, config: dict, dtype: torch.dtype) -> nn.Module:
         return cls.from_config(config).to(dtype)
 
 
-def _meta_transformers(name: str, config: dict, dtype: torch.dtype) -> nn.Module:
+def _meta_transformers(name: str, config: dict, dtype: torch.dtype, **kwargs) -> nn.Module:
     import transformers
 
     cls = getattr(transformers, name)
     conf = cls.config_class.from_dict(dict(config))
     with torch.device("meta"):
-        return cls._from_config(conf, dtype=dtype)
+        return cls._from_config(conf, dtype=dtype, **kwargs)
 
 
 def _meta_published(plan: ModelPlan, dtype: torch.dtype):
@@ -162,7 +162,12 @@ def _meta_published(plan: ModelPlan, dtype: torch.dtype):
         from npedit.adapters.select import VLM_FAMILIES
 
         judge = plan.judge_spec
-        vlm = _meta_transformers(VLM_FAMILIES[judge.family_name], judge.config, dtype)
+        attention = getattr(judge, "attention", "sdpa")          # the loader's attn_implementation
+        if attention == "npedit":
+            from npedit.adapters.hf_attention import register_transformers_attention
+            register_transformers_attention()
+        vlm = _meta_transformers(VLM_FAMILIES[judge.family_name], judge.config, dtype,
+                                 attn_implementation=attention)
         frozen["vlm"] = JudgeModule(vlm, judge.family)
     return student, real, fake, frozen, plain
 

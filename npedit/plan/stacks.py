@@ -1,9 +1,9 @@
 """The two training stacks the planner and the benchmarks compare.
 
 - plain: what a first implementation with diffusers + transformers does: the PyTorch reference ops,
-  no activation checkpointing, full-sequence VLM logits, every GPU holding full replicas (DDP) with
-  the usual mixed-precision recipe (fp32 trainable weights, gradients and AdamW states; frozen
-  models in the run's precision);
+  transformers' SDPA attention in the judge, no activation checkpointing, full-sequence VLM logits,
+  every GPU holding full replicas (DDP) with the usual mixed-precision recipe (fp32 trainable
+  weights, gradients and AdamW states; frozen models in the run's precision);
 - npedit: fused ops, the configured activation checkpointing (`student.checkpointing`), the answer
   loss on the answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the
   trainable engines, ZeRO-3 for the frozen ones).
@@ -51,14 +51,20 @@ def applied(stack: Stack, sn, checkpointing: str):
 
     old_ops = os.environ.get("NPEDIT_OPS")
     old_judge = sn.nets.judge
+    vlm = getattr(getattr(old_judge, "module", None), "vlm", None)     # a transformers judge
+    old_attention = getattr(getattr(vlm, "config", None), "_attn_implementation", None)
     try:
         if stack.ops is not None:
             os.environ["NPEDIT_OPS"] = stack.ops
         set_checkpointing(sn.student, stack.checkpointing or checkpointing)
         if stack.full_logits:
             sn.nets.judge = plain_judge(old_judge)
+            if vlm is not None and old_attention not in (None, "sdpa"):
+                vlm.set_attn_implementation("sdpa")
         yield
     finally:
+        if vlm is not None and old_attention not in (None, "sdpa"):
+            vlm.set_attn_implementation(old_attention)
         sn.nets.judge = old_judge
         set_checkpointing(sn.student, checkpointing)
         if stack.ops is not None:
