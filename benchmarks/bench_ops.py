@@ -14,7 +14,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
 from timing import memory_of, timed
 
 MODES = ("fwd", "bwd", "full")
@@ -82,7 +81,7 @@ def test_attention(benchmark, recorder, device, quick, case, impl, mode):
     if impl == "ref" and s * s * b * h * 4 > (2 << 30):
         pytest.skip("the reference materialises [B, H, S, S] in fp32")
     fn = impls[impl]
-    make = lambda: [torch.randn(b, s, h, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]  # noqa
+    make = lambda: [torch.randn(b, s, h, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
     try:
         fn(*[t.detach()[:, :64] for t in make()])                           # the backend can run this dtype / size
     except RuntimeError as exc:

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timing import timed
 
 from npedit.config import Config, apply_overrides
 from npedit.plan.measure import measure_step
 from npedit.plan.networks import build_networks
 from npedit.plan.predict import predict_measurable
-from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
+from npedit.plan.run_step import (
+    make_optimizers,
+    probe_batch,
+    step_with_passes,
+    training_step,
+)
 from npedit.plan.stacks import NPEDIT, PLAIN, applied
-from timing import timed
 
 VOCAB = 152_064
 MIB = 2 ** 20
@@ -79,7 +84,6 @@ def test_step(benchmark, recorder, device, quick, words, case, stack):
     optimizers = make_optimizers(sn, cfg)
     with applied(stack, sn, cfg.student.checkpointing):
         seconds = timed(benchmark, lambda: training_step(sn, cfg, batch, step, optimizers), device, rounds=3)
-    del optimizers
     measured = measure_step(cfg, stack, device, dataset, passes, words=words, sn=sn)
     predicted = predict_measurable(cfg, stack, device, passes, dataset, words=words)
     recorder.add("step", case=f"{resolution}px built-in", stack=stack.name, passes=passes, median_s=seconds,

@@ -46,12 +46,12 @@ def versions() -> dict:
     for name in ("triton", "diffusers", "transformers", "deepspeed", "flash_attn", "xformers", "liger_kernel"):
         try:
             out[name] = getattr(importlib.import_module(name), "__version__", "installed")
-        except Exception:  # not installed, or fails to import here
+        except Exception:  # noqa: BLE001 - not installed, or fails to import here (e.g. flash-attn on a CPU torch)
             out[name] = None
     try:
         from npedit.ops import _ext
         out["npedit._C"] = "built" if _ext.available() else f"not available ({_ext.unavailable_reason()})"
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+    except Exception as exc:  # noqa: BLE001 - reported in the results, not fatal
         out["npedit._C"] = f"error: {exc}"
     return out
 
@@ -155,8 +155,8 @@ def _fmt(v) -> str:
 def markdown(doc: dict) -> str:
     m, v = doc["machine"], doc["versions"]
     lines = [f"# Benchmark results, {doc['date'][:10]}", "",
-             f"- machine: {m.get('gpu') or m['cpu']} ({'GPU' if m.get('gpu') else 'CPU'}; CPU {m['cpu']}, "
-             f"{m['cpu_cores_visible']} cores visible, OMP_NUM_THREADS={m['omp_num_threads']})",
+             (f"- machine: {m.get('gpu') or m['cpu']} ({'GPU' if m.get('gpu') else 'CPU'}; CPU {m['cpu']}, "
+              f"{m['cpu_cores_visible']} cores visible, OMP_NUM_THREADS={m['omp_num_threads']})"),
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
              *[f"- command: `{c}`" for c in doc.get("commands", [doc["command"]])], ""]
     groups = list(dict.fromkeys(r["group"] for r in doc["rows"]))

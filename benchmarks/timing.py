@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-__all__ = ["sync", "timed", "memory_of"]
+__all__ = ["memory_of", "sync", "timed"]
 
 
 def sync(device: str) -> None:

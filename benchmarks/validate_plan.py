@@ -24,14 +24,14 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import torch  # noqa: E402
+import torch
 
-from npedit.config import apply_overrides  # noqa: E402
-from npedit.plan.measure import measure_step  # noqa: E402
-from npedit.plan.predict import predict_measurable  # noqa: E402
-from npedit.plan.stacks import NPEDIT, PLAIN  # noqa: E402
-from npedit.presets import get_preset  # noqa: E402
-from npedit.trainer import build_dataset  # noqa: E402
+from npedit.config import apply_overrides
+from npedit.plan.measure import measure_step
+from npedit.plan.predict import predict_measurable
+from npedit.plan.stacks import NPEDIT, PLAIN
+from npedit.presets import get_preset
+from npedit.trainer import build_dataset
 
 TOL = 0.15
 
@@ -73,10 +73,10 @@ def main(argv=None) -> int:
                 measured = measure_step(cfg, stack, args.device, dataset, 2, words=words)
                 err = (predicted.allocated - measured.peak_bytes) / measured.peak_bytes
                 err_live = (predicted.allocated - measured.live_peak_bytes) / measured.live_peak_bytes
-                rows.append(dict(case=name, stack=stack.name, device=args.device, predicted=predicted.allocated,
-                                 allocator=measured.peak_bytes, live=measured.live_peak_bytes,
-                                 baseline=measured.baseline_bytes, err=err, err_live=err_live,
-                                 within=abs(err) <= TOL, seconds=time.perf_counter() - t0))
+                rows.append({"case": name, "stack": stack.name, "device": args.device,
+                             "predicted": predicted.allocated, "allocator": measured.peak_bytes,
+                             "live": measured.live_peak_bytes, "baseline": measured.baseline_bytes, "err": err,
+                             "err_live": err_live, "within": abs(err) <= TOL, "seconds": time.perf_counter() - t0})
                 print(f"{name:44s} {stack.name:7s} predicted {predicted.allocated / 2**20:10.1f} MiB  allocator "
                       f"{measured.peak_bytes / 2**20:10.1f} MiB ({err:+.1%})  live {measured.live_peak_bytes / 2**20:10.1f}"
                       f" MiB ({err_live:+.1%})", flush=True)

@@ -121,8 +121,8 @@ def test_known_configs_resolve_and_build_on_meta():
     assert cfg.vlm.pretrained == str(known_folder("qwen2.5-vl-7b"))
     from npedit.adapters.select import detect_student, detect_vlm
     assert detect_student(cfg.student.pretrained) == "sd3" and detect_vlm(cfg.vlm.pretrained) == "qwen2_5_vl"
-    from npedit.plan.networks import _meta_diffusers, _meta_transformers
     from npedit.adapters.select import read_json
+    from npedit.plan.networks import _meta_diffusers, _meta_transformers
     tr = _meta_diffusers("SD3Transformer2DModel", read_json(cfg.student.pretrained, "transformer/config.json", "x"),
                          torch.bfloat16)
     assert 2.2e9 < sum(p.numel() for p in tr.parameters()) < 2.3e9

@@ -17,7 +17,7 @@ import torch
 
 from npedit.config import Config, apply_overrides
 
-__all__ = ["KNOWN", "ALIASES", "known_folder", "resolve_known", "LengthTokenizer", "length_tokenizers"]
+__all__ = ["ALIASES", "KNOWN", "LengthTokenizer", "known_folder", "length_tokenizers", "resolve_known"]
 
 ROOT = Path(__file__).resolve().parent / "known_configs"
 KNOWN = {

@@ -21,11 +21,16 @@ from npedit.method.step import npedit_student_loss
 from npedit.ops.memory import SavedTensorCounter
 from npedit.plan.meta_sim import DecomposeCustomOps
 from npedit.plan.networks import build_networks
-from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
+from npedit.plan.run_step import (
+    make_optimizers,
+    probe_batch,
+    step_with_passes,
+    training_step,
+)
 from npedit.plan.stacks import Stack, applied
 from npedit.plan.tracker import MemoryTracker
 
-__all__ = ["Measurement", "measure_step", "cpu_peak_bytes", "resident_bytes"]
+__all__ = ["Measurement", "cpu_peak_bytes", "measure_step", "resident_bytes"]
 
 
 @dataclass

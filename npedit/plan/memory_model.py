@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 from npedit.plan.simulate import ModelSize, StepProfile
 
-__all__ = ["Hardware", "Breakdown", "per_gpu", "DS_DEFAULTS", "RUNTIME_RESERVE"]
+__all__ = ["DS_DEFAULTS", "RUNTIME_RESERVE", "Breakdown", "Hardware", "per_gpu"]
 
 GB = 1024 ** 3
 RUNTIME_RESERVE = int(1.0 * GB)   # CUDA context + library workspaces (not in the allocator's count)

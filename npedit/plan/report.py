@@ -6,7 +6,7 @@ from pathlib import Path
 
 from npedit.plan.predict import Prediction
 
-__all__ = ["GIB", "describe_run", "summary_line", "text_report", "json_report"]
+__all__ = ["GIB", "describe_run", "json_report", "summary_line", "text_report"]
 
 GIB = 1024 ** 3
 

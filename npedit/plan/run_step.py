@@ -14,7 +14,6 @@ Phases (see `MemoryTracker.phase`): "text encoders", "student pass 1..k", "encod
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
@@ -23,7 +22,7 @@ from npedit.data.example import EditBatch, collate
 from npedit.method.schedule import sample_unroll_depth, student_timesteps
 from npedit.method.step import fake_score_loss, npedit_student_loss, student_samples
 
-__all__ = ["Probe", "training_step", "step_with_passes", "make_optimizers", "probe_batch", "drop_grads"]
+__all__ = ["Probe", "drop_grads", "make_optimizers", "probe_batch", "step_with_passes", "training_step"]
 
 
 class Probe:

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from npedit.config import Config, ConfigError, apply_overrides
 

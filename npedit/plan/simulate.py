@@ -15,11 +15,16 @@ import torch
 from npedit.config import Config, apply_overrides
 from npedit.plan.meta_sim import gpu_kernels, simulate
 from npedit.plan.networks import build_networks, param_count
-from npedit.plan.run_step import make_optimizers, probe_batch, step_with_passes, training_step
+from npedit.plan.run_step import (
+    make_optimizers,
+    probe_batch,
+    step_with_passes,
+    training_step,
+)
 from npedit.plan.stacks import Stack, applied
 from npedit.plan.tracker import MemoryTracker, PhaseMark
 
-__all__ = ["ModelSize", "StepProfile", "simulate_stack", "model_sizes"]
+__all__ = ["ModelSize", "StepProfile", "model_sizes", "simulate_stack"]
 
 
 @dataclass

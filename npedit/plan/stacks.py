@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Stack", "PLAIN", "NPEDIT", "STACKS", "applied", "set_checkpointing"]
+__all__ = ["NPEDIT", "PLAIN", "STACKS", "Stack", "applied", "set_checkpointing"]
 
 
 @dataclass(frozen=True)

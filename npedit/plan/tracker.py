@@ -95,8 +95,7 @@ class MemoryTracker(TorchDispatchMode):
         self._s.sizes[key] = n
         self._s.live += n
         weakref.finalize(s, _release, self._s, key)
-        if self._s.live > self._s.peak:
-            self._s.peak = self._s.live
+        self._s.peak = max(self._s.peak, self._s.live)
         for _, mark in self._s.open:
             mark.peak = max(mark.peak, self._s.live)
 
