@@ -9,10 +9,12 @@ from npedit.plan.predict import Prediction
 __all__ = ["GIB", "describe_run", "json_report", "summary_line", "text_report"]
 
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 
 
-def _gib(n: float) -> str:
-    return f"{n / GIB:.1f}"
+def _unit(p: Prediction) -> tuple[str, int]:
+    """GiB, or MiB for small runs (built-in worlds), so the table never reads 0.0."""
+    return ("GiB", GIB) if max(b.allocated for b in p.stacks.values()) >= 2 * GIB else ("MiB", MIB)
 
 
 def _model_name(source: str, family: str) -> str:
@@ -62,22 +64,26 @@ def text_report(p: Prediction) -> str:
             f"(npedit), checkpointing {d['checkpointing']} (npedit), {d['passes']} unrolled passes, "
             f"{d['critic_updates']} critic updates\nhardware: {d['gpus']} GPU(s) x {d['gpu_mem_gib']:g} GiB, "
             f"offload {d['offload']}\n")
-    lines = [head, f"{'GiB per GPU':34s}" + "".join(f"{n:>12s}" for n in names)]
+    unit, scale = _unit(p)
+    lines = [head, f"{unit + ' per GPU':34s}" + "".join(f"{n:>12s}" for n in names)]
+
+    def size(n: float) -> str:
+        return f"{n / scale:.1f}"
 
     def row(label, values):
         lines.append(f"{label:34s}" + "".join(f"{v:>12s}" for v in values))
 
     for label, key in ROWS:
-        row(label, [_gib(getattr(p.stacks[n], key)) if getattr(p.stacks[n], key) else "-" for n in names])
+        row(label, [size(getattr(p.stacks[n], key)) if getattr(p.stacks[n], key) else "-" for n in names])
     parts = list(dict.fromkeys(k for n in names for k in p.stacks[n].activations))
     for part in parts:
-        row(f"activations: {part}", [_gib(p.stacks[n].activations.get(part, 0)) for n in names])
-    row("step temporaries, gradients", [_gib(p.stacks[n].step_extra) for n in names])
-    row("CUDA runtime reserve", [_gib(p.stacks[n].runtime) for n in names])
-    row("total", [_gib(p.stacks[n].total) for n in names])
+        row(f"activations: {part}", [size(p.stacks[n].activations.get(part, 0)) for n in names])
+    row("step temporaries, gradients", [size(p.stacks[n].step_extra) for n in names])
+    row("CUDA runtime reserve", [size(p.stacks[n].runtime) for n in names])
+    row("total", [size(p.stacks[n].total) for n in names])
     row(f"fits in {d['gpu_mem_gib']:g} GiB", ["yes" if p.fits(n) else "no" for n in names])
     if any(p.stacks[n].host for n in names):
-        row("offloaded to host (per GPU)", [_gib(p.stacks[n].host) for n in names])
+        row("offloaded to host (per GPU)", [size(p.stacks[n].host) for n in names])
     for n in names:
         lines.append(f"{n} peaks in: {p.stacks[n].peak_phase or '-'}")
     lines.append("")
