@@ -6,7 +6,7 @@
 Both train at 512 px in bf16 under ZeRO-3 with activation checkpointing, the NP-Edit defaults of
 METHOD.md (4-step student, DMD + VLM loss, 5 critic updates, AdamW 2e-5 with betas (0, 0.9), clip 2)
 and a 5k-step reference-copy warm-up. Data is a JSONL manifest: set data.manifest. Commands are in
-docs/real_models.md; any field can be changed with --set.
+README.md ("Training on real models"); any field can be changed with --set.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def _tiny_published(tmp_path, student: str, judge: str):
 
 # The CPU oneDNN kernels of the Qwen vision tower's Conv3d patch embedding keep buffers of their own
 # (about 7x the pixels in backward) that no tensor shows: the allocator sees them, the tensor-level
-# simulation does not. At these tiny widths that is a third of the plain step; see docs/performance.md.
+# simulation does not. At these tiny widths that is a third of the plain step; see README.md ("Performance").
 @pytest.mark.parametrize("student,judge,stacks,allocator_tol", [
     ("flux", "llava_onevision", (PLAIN, NPEDIT), TOL), ("sd3", "internvl", (NPEDIT,), TOL),
     ("sd3", "qwen2_5_vl", (PLAIN,), None)])
