@@ -1,0 +1,216 @@
+"""The shapes world's text-to-image teacher: a text-only FlowDiT trained by flow matching on
+(render(scene), caption(scene)), jointly with its text encoder (frozen afterwards).
+
+Text goes through exactly the path the trainer uses (`BuiltinDiffusion.encode_text`): the word
+tokenizer, padded to max_length, then the TextEncoder. A caption is replaced by the method's
+negative prompt with probability `drop_prob`, so the negative prompt is the teacher's "unconditional"
+text for classifier-free guidance (the real score's CFG in DMD uses exactly that prompt).
+Latents: PatchCodec (factor 2), [B, 12, S/2, S/2].
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from npedit.config import MethodConfig
+from npedit.data.oracle import parse_scenes
+from npedit.data.shapes import Scene, caption, random_scene, render
+from npedit.method.unroll import sample as few_step_sample
+from npedit.models.codec import CodecConfig, PatchCodec
+from npedit.models.dit import DiTConfig, FlowDiT
+from npedit.models.text_encoder import TextEncoder, TextEncoderConfig
+from npedit.models.tokenizer import WordTokenizer
+from npedit.outputs import image_grid
+from npedit.pretrain.common import EMA, set_threads, shapes_tokenizer, warmup_cosine
+
+NEGATIVE_PROMPT = MethodConfig().negative_prompt
+
+
+@dataclass
+class TeacherConfig:
+    image_size: int = 32
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    text_dim: int = 64
+    text_depth: int = 2
+    max_length: int = 32          # = the trainer's text.max_length
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    ema: float = 0.998
+    drop_prob: float = 0.1        # caption -> negative prompt (the CFG "unconditional")
+    seed: int = 0
+    eval_examples: int = 200
+    cfg_scale: float = 3.5
+    save_every: int = 500         # intermediate EMA weights (0 = only at the end)
+    init_from: str = ""           # continue from a folder holding teacher/ and text_encoder/ ("" = fresh)
+
+
+class TextConditioner:
+    """tokenizer + encoder with the trainer's tokenization (pad to max_length); keeps the graph."""
+
+    def __init__(self, tokenizer: WordTokenizer, encoder: TextEncoder, max_length: int):
+        self.tokenizer, self.encoder, self.max_length = tokenizer, encoder, max_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        ids, mask = self.tokenizer.encode(list(texts), max_length=self.max_length, pad_to_max=True)
+        return self.encoder(ids, mask)  # [B, L, text_dim]
+
+
+def scene_batch(rng: random.Random, n: int, image_size: int) -> tuple[list[Scene], torch.Tensor]:
+    scenes = [random_scene(rng) for _ in range(n)]
+    return scenes, torch.stack([render(s, image_size) for s in scenes])
+
+
+def cfg_velocity(dit: FlowDiT, cond: torch.Tensor, uncond: torch.Tensor, scale: float):
+    """velocity(x_t, t) of the guided teacher: v_u + scale (v_c - v_u); scale 1 = no guidance."""
+    def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if scale == 1.0:
+            return dit(x_t, t, cond)
+        v = dit(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        v_c, v_u = v.chunk(2)
+        return v_u + scale * (v_c - v_u)
+    return velocity
+
+
+@torch.no_grad()
+def euler_sample(velocity, shape: tuple[int, ...], steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Deterministic Euler integration of the flow ODE from t = 1 (noise) to t = 0 -> x0."""
+    x = torch.randn(shape, generator=generator)
+    ts = torch.linspace(1.0, 0.0, steps + 1)
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x = x + (t_next - t) * velocity(x, torch.full((shape[0],), float(t)))
+    return x
+
+
+@torch.no_grad()
+def generate_images(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, captions: list[str], image_size: int,
+                    sampler: str = "euler20", cfg_scale: float = 3.5, seed: int = 0) -> torch.Tensor:
+    """captions -> images [N, 3, S, S] in [0, 1]. sampler: "euler<N>" or "fewstep" (the student's 4 steps)."""
+    cond = text(captions)
+    uncond = text([NEGATIVE_PROMPT] * len(captions))
+    velocity = cfg_velocity(dit, cond, uncond, cfg_scale)
+    shape = (len(captions), codec.latent_channels, image_size // codec.config.factor, image_size // codec.config.factor)
+    gen = torch.Generator().manual_seed(seed)
+    if sampler == "fewstep":
+        x0 = few_step_sample(velocity, shape, MethodConfig().timesteps, gen)
+    elif sampler.startswith("euler"):
+        x0 = euler_sample(velocity, shape, int(sampler[5:]), gen)
+    else:
+        raise ValueError(f"sampler must be 'euler<N>' or 'fewstep', got {sampler!r}")
+    return codec.decode(x0).clamp(0, 1)
+
+
+def held_out_scenes(n: int) -> list[Scene]:
+    """Evaluation scenes, drawn from a seed stream the training loop never uses."""
+    return [random_scene(random.Random(f"npedit.teacher-eval/{i}")) for i in range(n)]
+
+
+def faithfulness(scenes: list[Scene], images: torch.Tensor) -> dict:
+    """How often the parsed sample equals its caption's scene (exactly / background / object set)."""
+    parsed = parse_scenes(images)
+    exact = sum(p == s for p, s in zip(parsed, scenes))
+    background = sum(p.background == s.background for p, s in zip(parsed, scenes))
+    objects = sum(p.objects == s.objects for p, s in zip(parsed, scenes))
+    n = len(scenes)
+    return {"exact": exact / n, "background": background / n, "objects": objects / n, "n": n}
+
+
+@torch.no_grad()
+def evaluate_teacher(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, cfg: TeacherConfig,
+                     grid_path: Path | None = None, batch: int = 50) -> dict:
+    """Caption faithfulness of 20-step Euler and 4-step samples (CFG cfg.cfg_scale), parsed by the oracle."""
+    scenes = held_out_scenes(cfg.eval_examples)
+    captions = [caption(s) for s in scenes]
+    report, shown = {}, {}
+    for sampler in ("euler20", "fewstep"):
+        images = torch.cat([generate_images(dit, text, codec, captions[i:i + batch], cfg.image_size, sampler,
+                                            cfg.cfg_scale, seed=i) for i in range(0, len(captions), batch)])
+        report[sampler] = faithfulness(scenes, images)
+        shown[sampler] = images[:12]
+    if grid_path is not None:
+        truth = torch.stack([render(s, cfg.image_size) for s in scenes[:12]])
+        grid = image_grid([truth, shown["euler20"], shown["fewstep"]], captions[:12],
+                          ["caption (rendered)", "20 steps", "4 steps"])
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(grid_path)
+    return report
+
+
+def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT, TextEncoder, PatchCodec]:
+    codec = PatchCodec(CodecConfig(factor=2))
+    encoder = TextEncoder(TextEncoderConfig(vocab_size=tokenizer.vocab_size, dim=cfg.text_dim,
+                                            depth=cfg.text_depth, max_length=cfg.max_length))
+    dit = FlowDiT(DiTConfig(in_channels=codec.latent_channels, sample_size=cfg.image_size // 2, patch_size=2,
+                            dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, text_dim=cfg.text_dim))
+    return dit, encoder, codec
+
+
+def _save(out: Path, dit: FlowDiT, encoder: TextEncoder, tokenizer: WordTokenizer) -> None:
+    for folder, model in (("teacher", dit), ("text_encoder", encoder)):
+        model.save_pretrained(out / folder)
+        tokenizer.save_pretrained(out / folder)
+
+
+def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log_every: int = 100) -> dict:
+    """Train, then write OUT/teacher (FlowDiT + tokenizer), OUT/text_encoder (TextEncoder + tokenizer),
+    OUT/teacher_report.json (faithfulness) and OUT/teacher_samples.png."""
+    set_threads(threads)
+    out = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    tokenizer = shapes_tokenizer()
+    dit, encoder, codec = build_teacher(cfg, tokenizer)
+    if cfg.init_from:
+        dit = FlowDiT.from_pretrained(Path(cfg.init_from) / "teacher").train()
+        encoder = TextEncoder.from_pretrained(Path(cfg.init_from) / "text_encoder").train()
+        if WordTokenizer.from_pretrained(Path(cfg.init_from) / "text_encoder").vocab != tokenizer.vocab:
+            raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the shapes world's")
+    params = list(dit.parameters()) + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup))
+    ema_dit, ema_enc = EMA(dit, cfg.ema), EMA(encoder, cfg.ema)
+    text = TextConditioner(tokenizer, encoder, cfg.max_length)
+    rng = random.Random(f"npedit.teacher-train/{cfg.seed}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, running = time.time(), 0.0
+    bar = tqdm(range(cfg.steps), desc="teacher", dynamic_ncols=True, mininterval=5)
+    for step in bar:
+        scenes, images = scene_batch(rng, cfg.batch_size, cfg.image_size)
+        prompts = [NEGATIVE_PROMPT if rng.random() < cfg.drop_prob else caption(s) for s in scenes]
+        x0 = codec.encode(images)                                   # [B, 12, S/2, S/2]
+        t = torch.rand(cfg.batch_size, generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        loss = F.mse_loss(dit(x_t, t, text(prompts)), eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema_dit.update(dit, step)
+        ema_enc.update(encoder, step)
+        running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
+        if step % log_every == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{running:.4f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            _save(out, ema_dit.model, ema_enc.model, tokenizer)
+            with (out / "teacher_progress.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step + 1, "loss": running, "seconds": round(time.time() - start)}) + "\n")
+    train_s = time.time() - start
+
+    dit, encoder = ema_dit.model, ema_enc.model
+    text = TextConditioner(tokenizer, encoder, cfg.max_length)
+    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "final_loss": running,
+              "faithfulness": evaluate_teacher(dit, text, codec, cfg, out / "teacher_samples.png")}
+    _save(out, dit, encoder, tokenizer)
+    (out / "teacher_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
