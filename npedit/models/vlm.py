@@ -13,8 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from npedit import ops
-from npedit.models.layers import TransformerBlock, init_transformer_weights, patchify, right_padded_lengths
-from npedit.models.serialization import PretrainedModel, check_config_fields, check_positive
+from npedit.models.layers import (
+    TransformerBlock,
+    init_transformer_weights,
+    patchify,
+    right_padded_lengths,
+)
+from npedit.models.serialization import (
+    PretrainedModel,
+    check_config_fields,
+    check_positive,
+)
+from npedit.ops.checkpoint import checkpointed
 
 
 @dataclass
@@ -87,10 +97,10 @@ class VisionTower(nn.Module):
                                     for _ in range(config.vision_depth))
         self.norm = nn.LayerNorm(config.vision_dim)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, checkpointing: str = "none") -> torch.Tensor:
         x = self.patch(patchify(pixels.to(self.patch.weight.dtype), self.patch_size)) + self.position
         for block in self.blocks:
-            x = block(x)
+            x = checkpointed(block, x, mode=checkpointing)
         return self.norm(x)
 
 
@@ -114,6 +124,11 @@ class LMEmbeddings(nn.Module):
 class TinyVLM(PretrainedModel):
     config_class = VLMConfig
     model_type = "npedit-tiny-vlm"
+    # none | full | selective, per block of the vision tower and the LM (`npedit.ops.checkpoint`). For the
+    # frozen judge in the student loss only the activations for the gradient to the image are needed:
+    # checkpointing keeps each block's input (selective: and its attention output) and recomputes the rest
+    # in backward, block by block. Same values and gradients as "none".
+    checkpointing: str = "none"
 
     def __init__(self, config: VLMConfig):
         super().__init__(config)
@@ -139,7 +154,7 @@ class TinyVLM(PretrainedModel):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] in [0, 1] -> LM-space image tokens [N, P, dim]."""
-        return self.projector(self.vision(self.preprocess(images)))
+        return self.projector(self.vision(self.preprocess(images), self.checkpointing))
 
     def _trunk(self, image_feats, image_present, input_ids, attention_mask) -> torch.Tensor:
         """-> hidden states [Q, M*P + L, dim] before the final norm."""
@@ -158,7 +173,7 @@ class TinyVLM(PretrainedModel):
             raise ValueError(f"text of {length} tokens is longer than VLM max_text_len={cfg.max_text_len}")
         x = self.embed(image_feats, image_present, input_ids)
         for block in self.blocks:
-            x = block(x, causal=True)
+            x = checkpointed(block, x, True, mode=self.checkpointing)   # causal
         return x
 
     def answer_hidden(self, image_feats: torch.Tensor, image_present: torch.Tensor, input_ids: torch.Tensor,

@@ -20,6 +20,7 @@ from npedit.build import ModelPlan, default_words
 from npedit.config import Config
 from npedit.method.step import Networks
 from npedit.plan.known import length_tokenizers
+from npedit.plan.stacks import set_run_checkpointing
 
 __all__ = ["StepNetworks", "build_networks", "param_bytes", "param_count"]
 
@@ -94,8 +95,6 @@ def build_networks(cfg: Config, device: str | torch.device = "meta", dataset=Non
         models = plan.build(None)
         student, real, fake, frozen, plain = models.student, models.real, models.fake, dict(models.frozen), \
             dict(models.plain)
-    if plan.student_spec is None:
-        student.checkpointing = cfg.student.checkpointing
     for module in [student, real, fake, *frozen.values(), *plain.values()]:
         module.to(device=device, dtype=dtype)
     for module in [real, *frozen.values()]:
@@ -105,7 +104,9 @@ def build_networks(cfg: Config, device: str | torch.device = "meta", dataset=Non
     modules = {**frozen, **plain}
     diffusion, judge = plan.networks(modules)
     nets = Networks(student, fake, real, diffusion, judge)
-    return StepNetworks(nets, student, fake, real, frozen, plan, device, dtype, plain)
+    sn = StepNetworks(nets, student, fake, real, frozen, plan, device, dtype, plain)
+    set_run_checkpointing(sn, cfg.student.checkpointing)
+    return sn
 
 
 # ---------------------------------------------------------------------------------------------------- meta
@@ -147,7 +148,6 @@ def _meta_published(plan: ModelPlan, dtype: torch.dtype):
             config = read_json(source, "transformer/config.json", field_name or spec.field)
             editors.append(_editor(spec, _meta_diffusers(name, config, dtype)))
         student, real, fake = editors
-        student.set_checkpointing(plan.cfg.student.checkpointing)
         for encoder, _ in spec.parts:
             library, cls_name = spec.index[encoder]
             config = read_json(spec.source, f"{encoder}/config.json", spec.field)

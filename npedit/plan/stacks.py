@@ -4,9 +4,11 @@
   transformers' SDPA attention in the judge, no activation checkpointing, full-sequence VLM logits,
   every GPU holding full replicas (DDP) with the usual mixed-precision recipe (fp32 trainable
   weights, gradients and AdamW states; frozen models in the run's precision);
-- npedit: fused ops, the configured activation checkpointing (`student.checkpointing`), the answer
-  loss on the answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the
-  trainable engines, ZeRO-3 for the frozen ones).
+- npedit: fused ops, the configured activation checkpointing (`student.checkpointing`) of the student
+  and of the fake score (the critic update trains it on the same tokens), per-block checkpointing of
+  the frozen built-in judge in the student loss (`TinyVLM.checkpointing`), the answer loss on the
+  answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the trainable
+  engines, ZeRO-3 for the frozen ones).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["NPEDIT", "PLAIN", "STACKS", "Stack", "applied", "set_checkpointing"]
+__all__ = ["NPEDIT", "PLAIN", "STACKS", "Stack", "applied", "judge_vlm", "set_checkpointing", "set_run_checkpointing"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,25 @@ def set_checkpointing(model: nn.Module, mode: str) -> None:
         model.checkpointing = mode
 
 
+def judge_vlm(judge) -> nn.Module | None:
+    """The built-in judge's TinyVLM (None for other judges)."""
+    from npedit.models.vlm import TinyVLM
+
+    vlm = getattr(judge, "vlm", None)
+    vlm = getattr(vlm, "module", vlm)
+    return vlm if isinstance(vlm, TinyVLM) else None
+
+
+def set_run_checkpointing(sn, mode: str) -> None:
+    """One checkpointing mode for the run's trained networks (student and fake score) and the built-in
+    judge's blocks (frozen: checkpointing changes no value or gradient, only what backward keeps)."""
+    set_checkpointing(sn.student, mode)
+    set_checkpointing(sn.fake, mode)
+    vlm = judge_vlm(sn.nets.judge)
+    if vlm is not None:
+        vlm.checkpointing = mode
+
+
 @contextlib.contextmanager
 def applied(stack: Stack, sn, checkpointing: str):
     """Run a step of `sn` (StepNetworks) the way `stack` would: ops backend, checkpointing, judge."""
@@ -56,7 +77,7 @@ def applied(stack: Stack, sn, checkpointing: str):
     try:
         if stack.ops is not None:
             os.environ["NPEDIT_OPS"] = stack.ops
-        set_checkpointing(sn.student, stack.checkpointing or checkpointing)
+        set_run_checkpointing(sn, stack.checkpointing or checkpointing)
         if stack.full_logits:
             sn.nets.judge = plain_judge(old_judge)
             if vlm is not None and old_attention not in (None, "sdpa"):
@@ -66,7 +87,7 @@ def applied(stack: Stack, sn, checkpointing: str):
         if vlm is not None and old_attention not in (None, "sdpa"):
             vlm.set_attn_implementation(old_attention)
         sn.nets.judge = old_judge
-        set_checkpointing(sn.student, checkpointing)
+        set_run_checkpointing(sn, checkpointing)
         if stack.ops is not None:
             if old_ops is None:
                 os.environ.pop("NPEDIT_OPS", None)
