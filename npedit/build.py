@@ -192,7 +192,8 @@ class ModelPlan:
         if self.student_family != "builtin":
             from npedit.adapters.diffusers_family import DiffusersStudentSpec
             self.student_spec = DiffusersStudentSpec(cfg.student.pretrained, cfg.student.teacher, cfg.data.image_size,
-                                                     cfg.text.max_length, cfg.student.guidance)
+                                                     cfg.text.max_length, cfg.student.guidance,
+                                                     attention=cfg.student.attention)
         elif cfg.student.teacher and detect_student(cfg.student.teacher, "student.teacher") != "builtin":
             raise ConfigError("student.teacher is a diffusers pipeline but student.pretrained is a built-in DiT")
         if self.vlm_family != "builtin":

@@ -33,10 +33,13 @@ class StudentConfig:
     heads: int = 4
     patch_size: int = 2
     checkpointing: str = "none"   # none | full | selective: activation checkpointing across the unroll
+    attention: str = "npedit"     # diffusers students: npedit (the fused op's processors) | sdpa (diffusers' own)
 
     def __post_init__(self):
         if self.checkpointing not in ("none", "full", "selective"):
             raise ConfigError(f"student.checkpointing must be none|full|selective, got {self.checkpointing!r}")
+        if self.attention not in ("npedit", "sdpa"):
+            raise ConfigError(f"student.attention must be npedit|sdpa, got {self.attention!r}")
 
 
 @dataclass

@@ -3,8 +3,10 @@
 `DiffusersStudentSpec` reads the pipeline (model_index.json, component configs, tokenizers) and
 checks that the run fits it before any weights are loaded; `build` loads the transformer three times
 (student, real score, fake score; the real and fake scores from `student.teacher` when given), the
-text encoders and the VAE, sharded under ZeRO-3 when asked. `DiffusersDiffusion` is the method's
-diffusion adapter over the loaded (frozen engines') modules.
+text encoders and the VAE, sharded under ZeRO-3 when asked. Each transformer runs its attention through
+npedit's fused op (`student.attention=npedit`, npedit/adapters/diffusers_attention.py) or diffusers'
+own processors (`sdpa`). `DiffusersDiffusion` is the method's diffusion adapter over the loaded
+(frozen engines') modules.
 """
 from __future__ import annotations
 
@@ -41,10 +43,11 @@ class DiffusersStudentSpec:
     """A diffusers student pipeline, checked against the run config; `build` loads it."""
 
     def __init__(self, source: str, teacher: str, image_size: int, max_length: int, guidance: float,
-                 field: str = "student.pretrained"):
+                 field: str = "student.pretrained", attention: str = "npedit"):
         from transformers import AutoTokenizer
 
         self.source, self.teacher, self.field = source, teacher or source, field
+        self.attention = attention  # npedit | sdpa (student.attention)
         self.family = detect_student(source, field)
         if teacher and detect_student(teacher, "student.teacher") != self.family:
             raise ConfigError(f"student.teacher={teacher!r} is not a {self.family} pipeline like {field}")
@@ -96,6 +99,9 @@ class DiffusersStudentSpec:
 
         name = self.index["transformer"][1]
         transformer = load_diffusers(_class("diffusers", name, self.field), source, subfolder, dtype, ds_config)
+        if self.attention == "npedit":
+            from npedit.adapters.diffusers_attention import use_npedit_attention
+            use_npedit_attention(transformer)
         return SD3Editor(transformer) if self.family == "sd3" else FluxEditor(transformer, self.guidance)
 
     def load_frozen(self, dtype: torch.dtype, ds_config: dict | None) -> dict[str, nn.Module]:
