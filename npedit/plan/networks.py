@@ -146,7 +146,11 @@ def _meta_published(plan: ModelPlan, dtype: torch.dtype):
         editors = []
         for source, field_name in ((spec.source, spec.field), (spec.teacher, "student.teacher"), (spec.teacher, "")):
             config = read_json(source, "transformer/config.json", field_name or spec.field)
-            editors.append(_editor(spec, _meta_diffusers(name, config, dtype)))
+            transformer = _meta_diffusers(name, config, dtype)
+            if getattr(spec, "attention", "sdpa") == "npedit":     # as DiffusersStudentSpec.load_transformer
+                from npedit.adapters.diffusers_attention import use_npedit_attention
+                use_npedit_attention(transformer)
+            editors.append(_editor(spec, transformer))
         student, real, fake = editors
         for encoder, _ in spec.parts:
             library, cls_name = spec.index[encoder]
