@@ -11,11 +11,13 @@ measured through `BuiltinJudge` itself, on questions from a seed stream training
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from npedit.models.layers import init_transformer_weights
 from npedit.models.tokenizer import WordTokenizer
 from npedit.models.vlm import TinyVLM, VLMConfig
 from npedit.outputs import image_grid
-from npedit.pretrain.common import EMA, set_threads, shapes_tokenizer, warmup_cosine
+from npedit.pretrain.common import EMA, Schedule, batch_stream, pick_device, set_threads, shapes_tokenizer
 from npedit.pretrain.judge_vision import pretrain_vision
 from npedit.pretrain.judge_data import QUESTION_KINDS, GenericQuestion, random_question, template_words
 
@@ -64,6 +66,9 @@ class JudgeConfig:
     seed: int = 0
     eval_per_kind: int = 300
     save_every: int = 1000        # intermediate EMA weights + a quick held-out check (0 = only at the end)
+    device: str = "cpu"           # cpu | cuda | auto (the weights are evaluated and saved on the CPU)
+    workers: int = 0              # processes making question batches (0 = in this process: bit-reproducible)
+    max_seconds: float = 0.0      # stop after this much training time (0 = steps only); the LR still decays
 
 
 def judge_tokenizer() -> WordTokenizer:
@@ -108,13 +113,27 @@ def augment(images: torch.Tensor, cfg: JudgeConfig, gen: torch.Generator) -> tor
     return (images + cfg.noise_std * std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
 
 
+def question_batch(cfg: JudgeConfig, rng: random.Random, step: int
+                   ) -> tuple[list[GenericQuestion], torch.Tensor, torch.Tensor]:
+    """One training batch at `step` (the curriculum's question mix): questions and their augmented
+    first / second images [Q, 3, S, S]. Augmentation noise comes from a generator seeded by rng."""
+    weights = kind_weights(step, cfg)
+    kinds = rng.choices(list(weights), weights=list(weights.values()), k=cfg.batch_size)
+    questions = [random_question(rng, kind) for kind in kinds]
+    first, second = render_questions(questions, cfg.world_size)
+    gen = torch.Generator().manual_seed(rng.getrandbits(63))
+    return questions, augment(first, cfg, gen), augment(second, cfg, gen)
+
+
 def judge_logits(vlm: TinyVLM, tokenizer: WordTokenizer, max_text_len: int, questions: list[GenericQuestion],
                  first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vocabulary logits at every text position [Q, L, V] (+ ids, mask [Q, L]), with BuiltinJudge's input:
     slot 0 = first image, slot 1 = second image or absent, <bos> + words padded to max_text_len."""
-    present = torch.tensor([[True, len(q.scenes) == 2] for q in questions])        # [Q, 2]
+    device = first.device
+    present = torch.tensor([[True, len(q.scenes) == 2] for q in questions], device=device)   # [Q, 2]
     ids, mask = tokenizer.encode([q.text for q in questions], max_length=max_text_len, pad_to_max=True,
                                  add_bos=True)
+    ids, mask = ids.to(device), mask.to(device)
     return vlm(torch.stack([first, second], dim=1), present, ids, mask), ids, mask
 
 
@@ -123,11 +142,11 @@ def judge_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ques
     """Answer cross-entropy at the last real token + caption_weight x next-token cross-entropy over the
     words of true captions ("yes" caption questions: their words can only be predicted from the image).
     -> (loss, answer accuracy)."""
-    q = len(questions)
-    answer = logits[torch.arange(q), mask.sum(1) - 1]                                 # [Q, V]
-    target = torch.tensor([answer_ids[x.answer] for x in questions])
+    q, device = len(questions), logits.device
+    answer = logits[torch.arange(q, device=device), mask.sum(1) - 1]                   # [Q, V]
+    target = torch.tensor([answer_ids[x.answer] for x in questions], device=device)
     loss = F.cross_entropy(answer, target)
-    captions = torch.tensor([x.kind == "caption" and x.answer == "yes" for x in questions])
+    captions = torch.tensor([x.kind == "caption" and x.answer == "yes" for x in questions], device=device)
     if caption_weight > 0 and bool(captions.any()):
         # position i predicts token i + 1; the last real position is the answer (handled above)
         next_ids = ids[captions, 1:].masked_fill(~mask[captions, 1:], -100)
@@ -168,6 +187,7 @@ def judge_accuracy(vlm: TinyVLM, tokenizer: WordTokenizer, max_text_len: int, pe
 def _save_progress(out: Path, vlm: TinyVLM, tokenizer: WordTokenizer, cfg: JudgeConfig, step: int, loss: float,
                    seconds: float) -> None:
     """Intermediate EMA weights (OUT/judge) and a small held-out check appended to OUT/judge_progress.jsonl."""
+    vlm = copy.deepcopy(vlm).cpu()
     vlm.save_pretrained(out / "judge")
     tokenizer.save_pretrained(out / "judge")
     acc = judge_accuracy(vlm, tokenizer, cfg.max_text_len, 40, cfg.world_size, seed="progress")
@@ -187,44 +207,46 @@ def train_judge(cfg: JudgeConfig, out_dir: str | Path, threads: int = 1, log_eve
     set_threads(threads)
     out = Path(out_dir)
     torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
     tokenizer = judge_tokenizer()
-    vlm = build_judge(cfg, tokenizer)
+    vlm = build_judge(cfg, tokenizer).to(device)
     rng = random.Random(f"npedit.judge-train/{cfg.seed}")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
     vision_acc = pretrain_vision(vlm, cfg.vision_steps, cfg.vision_batch, cfg.lr, cfg.world_size, rng,
-                                 lambda images: augment(images, cfg, gen))
+                                 lambda images: augment(images, cfg, gen).to(device))
     tqdm.write(f"judge stage 1 (cell probes): shape accuracy {vision_acc:.3f} after {cfg.vision_steps} steps")
     opt = torch.optim.AdamW(vlm.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup))
+    schedule = Schedule(cfg.steps, cfg.warmup, cfg.max_seconds)
     ema = EMA(vlm, cfg.ema)
     answer_ids = {a: tokenizer.token_id(a) for a in ("yes", "no")}
-    running, acc = 0.0, 0.5
-    bar = tqdm(range(cfg.steps), desc="judge", dynamic_ncols=True, mininterval=5)
-    for step in bar:
-        weights = kind_weights(step, cfg)
-        kinds = rng.choices(list(weights), weights=list(weights.values()), k=cfg.batch_size)
-        questions = [random_question(rng, kind) for kind in kinds]
-        first, second = render_questions(questions, cfg.world_size)
-        first, second = augment(first, cfg, gen), augment(second, cfg, gen)
+    batches = batch_stream(partial(question_batch, cfg), f"npedit.judge-train/{cfg.seed}/questions", cfg.workers)
+    running, acc, step = 0.0, 0.5, 0
+    bar = tqdm(total=cfg.steps, desc="judge", dynamic_ncols=True, mininterval=5)
+    while not schedule.done(step):
+        questions, first, second = next(batches)
+        first, second = first.to(device, non_blocking=True), second.to(device, non_blocking=True)
         logits, ids, mask = judge_logits(vlm, tokenizer, cfg.max_text_len, questions, first, second)
         loss, batch_acc = judge_loss(logits, ids, mask, questions, answer_ids, cfg.caption_weight)
+        schedule.set_lr(opt, cfg.lr, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vlm.parameters(), 1.0)
         opt.step()
-        sched.step()
         ema.update(vlm, step)
         running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
         acc = 0.98 * acc + 0.02 * float(batch_acc)
-        if step % log_every == 0 or step == cfg.steps - 1:
+        step += 1
+        bar.update(1)
+        if step % log_every == 0:
             bar.set_postfix(loss=f"{running:.4f}", acc=f"{acc:.3f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save_progress(out, ema.model, tokenizer, cfg, step + 1, running, time.time() - start)
+        if cfg.save_every and step % cfg.save_every == 0 and not schedule.done(step):
+            _save_progress(out, ema.model, tokenizer, cfg, step, running, time.time() - start)
+    bar.close()
     train_s = time.time() - start
 
-    vlm = ema.model
-    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "final_loss": running,
+    vlm = ema.model.cpu()
+    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": running,
               "vision_stage_shape_accuracy": vision_acc,
               "accuracy": judge_accuracy(vlm, tokenizer, cfg.max_text_len, cfg.eval_per_kind, cfg.world_size)}
     vlm.save_pretrained(out / "judge")

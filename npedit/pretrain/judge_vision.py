@@ -66,14 +66,16 @@ def pretrain_vision(vlm: TinyVLM, steps: int, batch_size: int, lr: float, world_
                     augment) -> float:
     """Train vlm.vision + vlm.projector on cell probes for `steps` steps; -> final shape accuracy."""
     cells = token_cells(vlm, world_size)
-    probes = CellProbes(vlm.config.dim)
+    device = next(vlm.parameters()).device
+    probes = CellProbes(vlm.config.dim).to(device)
     params = list(vlm.vision.parameters()) + list(vlm.projector.parameters()) + list(probes.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     acc = 0.0
     for step in range(steps):
         scenes = [random_scene(rng) for _ in range(batch_size)]
-        images = augment(torch.stack([render(s, world_size) for s in scenes]))
-        loss, batch_acc = probes(vlm.encode_images(images), cell_targets(scenes, cells))
+        images = augment(torch.stack([render(s, world_size) for s in scenes])).to(device)
+        targets = {k: v.to(device) for k, v in cell_targets(scenes, cells).items()}
+        loss, batch_acc = probes(vlm.encode_images(images), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -13,6 +13,7 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from npedit.models.dit import DiTConfig, FlowDiT
 from npedit.models.text_encoder import TextEncoder, TextEncoderConfig
 from npedit.models.tokenizer import WordTokenizer
 from npedit.outputs import image_grid
-from npedit.pretrain.common import EMA, set_threads, shapes_tokenizer, warmup_cosine
+from npedit.pretrain.common import EMA, Schedule, batch_stream, pick_device, set_threads, shapes_tokenizer
 
 NEGATIVE_PROMPT = MethodConfig().negative_prompt
 
@@ -53,6 +54,9 @@ class TeacherConfig:
     cfg_scale: float = 3.5
     save_every: int = 500         # intermediate EMA weights (0 = only at the end)
     init_from: str = ""           # continue from a folder holding teacher/ and text_encoder/ ("" = fresh)
+    device: str = "cpu"           # cpu | cuda | auto (the weights are evaluated and saved on the CPU)
+    workers: int = 0              # processes rendering batches (0 = in this process: bit-reproducible)
+    max_seconds: float = 0.0      # stop after this much training time (0 = steps only); the LR still decays
 
 
 class TextConditioner:
@@ -69,6 +73,13 @@ class TextConditioner:
 def scene_batch(rng: random.Random, n: int, image_size: int) -> tuple[list[Scene], torch.Tensor]:
     scenes = [random_scene(rng) for _ in range(n)]
     return scenes, torch.stack([render(s, image_size) for s in scenes])
+
+
+def teacher_batch(cfg: TeacherConfig, rng: random.Random, step: int) -> tuple[torch.Tensor, list[str]]:
+    """One training batch: images [B, 3, S, S] and their prompts (caption, or the negative prompt with
+    probability drop_prob)."""
+    scenes, images = scene_batch(rng, cfg.batch_size, cfg.image_size)
+    return images, [NEGATIVE_PROMPT if rng.random() < cfg.drop_prob else caption(s) for s in scenes]
 
 
 def cfg_velocity(dit: FlowDiT, cond: torch.Tensor, uncond: torch.Tensor, scale: float):
@@ -174,42 +185,47 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
         encoder = TextEncoder.from_pretrained(Path(cfg.init_from) / "text_encoder").train()
         if WordTokenizer.from_pretrained(Path(cfg.init_from) / "text_encoder").vocab != tokenizer.vocab:
             raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the shapes world's")
+    device = pick_device(cfg.device)
+    dit, encoder = dit.to(device), encoder.to(device)
     params = list(dit.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup))
     ema_dit, ema_enc = EMA(dit, cfg.ema), EMA(encoder, cfg.ema)
     text = TextConditioner(tokenizer, encoder, cfg.max_length)
-    rng = random.Random(f"npedit.teacher-train/{cfg.seed}")
+    batches = batch_stream(partial(teacher_batch, cfg), f"npedit.teacher-train/{cfg.seed}", cfg.workers)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start, running = time.time(), 0.0
-    bar = tqdm(range(cfg.steps), desc="teacher", dynamic_ncols=True, mininterval=5)
-    for step in bar:
-        scenes, images = scene_batch(rng, cfg.batch_size, cfg.image_size)
-        prompts = [NEGATIVE_PROMPT if rng.random() < cfg.drop_prob else caption(s) for s in scenes]
-        x0 = codec.encode(images)                                   # [B, 12, S/2, S/2]
-        t = torch.rand(cfg.batch_size, generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
+    schedule = Schedule(cfg.steps, cfg.warmup, cfg.max_seconds)
+    start, running, step = time.time(), 0.0, 0
+    bar = tqdm(total=cfg.steps, desc="teacher", dynamic_ncols=True, mininterval=5)
+    while not schedule.done(step):
+        images, prompts = next(batches)
+        x0 = codec.encode(images.to(device, non_blocking=True))       # [B, 12, S/2, S/2]
+        t = torch.rand(x0.shape[0], generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        loss = F.mse_loss(dit(x_t, t, text(prompts)), eps - x0)
+        ids, mask = tokenizer.encode(prompts, max_length=cfg.max_length, pad_to_max=True)
+        loss = F.mse_loss(dit(x_t, t, encoder(ids.to(device), mask.to(device))), eps - x0)
+        schedule.set_lr(opt, cfg.lr, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         ema_dit.update(dit, step)
         ema_enc.update(encoder, step)
         running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        if step % log_every == 0 or step == cfg.steps - 1:
+        step += 1
+        bar.update(1)
+        if step % log_every == 0:
             bar.set_postfix(loss=f"{running:.4f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+        if cfg.save_every and step % cfg.save_every == 0 and not schedule.done(step):
             _save(out, ema_dit.model, ema_enc.model, tokenizer)
             with (out / "teacher_progress.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step + 1, "loss": running, "seconds": round(time.time() - start)}) + "\n")
+                f.write(json.dumps({"step": step, "loss": running, "seconds": round(time.time() - start)}) + "\n")
+    bar.close()
     train_s = time.time() - start
 
-    dit, encoder = ema_dit.model, ema_enc.model
+    dit, encoder = ema_dit.model.cpu(), ema_enc.model.cpu()
     text = TextConditioner(tokenizer, encoder, cfg.max_length)
-    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "final_loss": running,
+    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": running,
               "faithfulness": evaluate_teacher(dit, text, codec, cfg, out / "teacher_samples.png")}
     _save(out, dit, encoder, tokenizer)
     (out / "teacher_report.json").write_text(json.dumps(report, indent=2) + "\n")
