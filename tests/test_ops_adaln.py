@@ -28,7 +28,7 @@ def triton_backend(monkeypatch):
 
 def _compare(x, shift, scale, norm, atol, rtol, eps=1e-6):
     inputs = [x, shift, scale]
-    grad = torch.randn(x.shape)
+    grad = torch.randn(x.shape, device=x.device)
 
     def run(fn, ins):
         y = fn(*ins, norm=norm, eps=eps)

@@ -35,7 +35,7 @@ def _inputs(q, d, v, dtype, weight_grad):
 
 def _compare(fast_fn, ref_fn, hidden, weight, atol, rtol):
     wrt = [hidden] + ([weight] if weight.requires_grad else [])
-    grad = torch.rand(hidden.shape[0]) + 0.5
+    grad = torch.rand(hidden.shape[0], device=hidden.device) + 0.5
 
     def run(fn, h, w):
         loss = fn(h, w)

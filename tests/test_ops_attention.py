@@ -55,7 +55,7 @@ def _run(fn, inputs, grad_out, grad_lse=None):
 
 
 def _compare(fast_fn, ref_fn, inputs, atol, rtol, with_lse=False):
-    grad_out = torch.randn(inputs[0].shape[:-1] + (inputs[2].shape[-1],))
+    grad_out = torch.randn(inputs[0].shape[:-1] + (inputs[2].shape[-1],), device=inputs[0].device)
     grad_lse = None
     if with_lse:
         with torch.no_grad():

@@ -31,4 +31,4 @@ def flow_matching_loss(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Te
 def do_nothing_loss(x0: torch.Tensor, ref_latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """mse(x0, reference latent) on the do-nothing samples (mask [B] bool), divided by B."""
     per_sample = (x0.float() - ref_latent.float()).pow(2).flatten(1).mean(1)  # [B]
-    return (per_sample * mask.to(per_sample.dtype)).sum() / x0.shape[0]
+    return (per_sample * mask.to(per_sample.device, per_sample.dtype)).sum() / x0.shape[0]
