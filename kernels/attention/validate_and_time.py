@@ -2,6 +2,10 @@
 
     python kernels/attention/validate_and_time.py --out results/attention.json [--quick]
 
+0. Tiles: `--sweep-out tiles.json` times forward, dK/dV and dQ candidates at N = 4096, bf16, hd128,
+   non-causal, writes the fastest of each and exits (run it in its own process: a tile that breaks
+   the CUDA context then costs nothing else); `--tiles tiles.json` uses them, after validating them
+   (step 1) on every case; if any check fails the shipped tiles are used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
    outputs and all three gradients, with the tests' rule (error <= 2x the reference-in-bf16 error +
    atol). Timing only runs when validation passes (a fast wrong kernel is not a result).
@@ -28,6 +32,54 @@ import torch.nn.functional as F  # noqa: E402
 
 from npedit.ops.attention import _impl, attention, attention_ref  # noqa: E402
 from npedit.ops.testing import max_err  # noqa: E402
+from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first of each list is the shipped default at hd128
+FWD_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+             (128, 32, 4, 4), (64, 128, 4, 3)]
+DKDV_TILES = [(16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2),
+              (32, 128, 4, 3), (16, 128, 8, 3)]
+DQ_TILES = [(64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 4, 3)]
+
+
+def _tile(t: tuple) -> dict:
+    return dict(BLOCK_M=t[0], BLOCK_N=t[1], num_warps=t[2], num_stages=t[3])
+
+
+def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384) -> dict:
+    """Median ms of each candidate tile (forward alone; backward = fwd+bwd - fwd with the other
+    backward kernel at its current choice). -> {"rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
+    from triton.testing import do_bench
+    b = max(1, tokens // n)
+    q, k, v = (torch.randn(b, n, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn_like(q)
+    rows, best = [], {}
+
+    def fwd():
+        return attention(q, k, v)
+
+    def fwd_bwd():
+        return torch.autograd.grad(fwd(), (q, k, v), grad)
+
+    for kind, tiles in (("fwd", FWD_TILES), ("dkdv", DKDV_TILES), ("dq", DQ_TILES)):
+        timed = []
+        for tile in tiles:
+            TILE_OVERRIDES[kind] = _tile(tile)
+            try:
+                fwd_bwd()
+                torch.cuda.synchronize()
+                ms = do_bench(fwd, warmup=10, rep=40) if kind == "fwd" else do_bench(fwd_bwd, warmup=10, rep=40)
+                timed.append((ms, tile))
+                rows.append(dict(kernel=kind, tile=list(tile), ms=ms))
+            except Exception as exc:  # noqa: BLE001 - a tile that does not compile/fit is recorded and skipped
+                rows.append(dict(kernel=kind, tile=list(tile), error=f"{type(exc).__name__}: {str(exc)[:120]}"))
+            print(rows[-1], flush=True)
+        best[kind] = min(timed)[1] if timed else tiles[0]
+        TILE_OVERRIDES[kind] = _tile(best[kind])
+    TILE_OVERRIDES.clear()
+    return {"rows": rows, "best": {k: list(v) for k, v in best.items()}, "defaults":
+            {"fwd": list(FWD_TILES[0]), "dkdv": list(DKDV_TILES[0]), "dq": list(DQ_TILES[0])}}
 
 
 def validate(atol: float = 4e-3, rtol: float = 1e-2) -> list[dict]:
@@ -124,13 +176,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="attention.json")
     parser.add_argument("--quick", action="store_true", help="N in {1k, 4k} only")
+    parser.add_argument("--sweep-out", help="sweep tiles, write the fastest to this JSON and exit")
+    parser.add_argument("--tiles", help="JSON from --sweep-out: validate these tiles and use them if they pass")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     import triton
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
-    report["validation"] = validate()
+    if args.sweep_out:
+        sweep = dict(report, **sweep_tiles())
+        Path(args.sweep_out).write_text(json.dumps(sweep, indent=1))
+        print("fastest tiles:", sweep["best"])
+        return 0
+    if args.tiles and Path(args.tiles).is_file():
+        report["sweep"] = json.loads(Path(args.tiles).read_text())
+        TILE_OVERRIDES.update({k: _tile(v) for k, v in report["sweep"]["best"].items()})
+        print("swept tiles, validating:", TILE_OVERRIDES, flush=True)
+        report["validation_swept"] = validate()
+        if not all(r["ok"] for r in report["validation_swept"]):
+            print("swept tiles fail validation: back to the shipped tiles", flush=True)
+            TILE_OVERRIDES.clear()
+        report["tiles_used"] = dict(TILE_OVERRIDES)
+    report["validation"] = report["validation_swept"] if TILE_OVERRIDES else validate()
     ok = all(r["ok"] for r in report["validation"])
     if ok:
         report["timings"] = time_all([1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384])

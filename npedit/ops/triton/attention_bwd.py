@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from npedit.ops.triton import interpreting
-from npedit.ops.triton.attention import LOG2E, as_4d, dot_precision, padded_head_dim, store_dtype, upcast
+from npedit.ops.triton.attention import LOG2E, as_4d, dot_precision, padded_head_dim, store_dtype, tile_override, upcast
 
 
 @triton.jit
@@ -258,7 +258,13 @@ def preprocess_block_m(head_dim_pad: int) -> int:
 
 def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
     """(dK/dV config, dQ config): the dK/dV pass holds a key tile and walks query tiles, the dQ pass
-    the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py)."""
+    the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py);
+    attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps."""
+    kv, q = _default_bwd_configs(head_dim_pad, dtype)
+    return tile_override("dkdv", head_dim_pad, dtype) or kv, tile_override("dq", head_dim_pad, dtype) or q
+
+
+def _default_bwd_configs(head_dim_pad: int, dtype: torch.dtype) -> tuple[dict, dict]:
     def cfg(m, n, warps, stages):
         return dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
     if interpreting():
@@ -271,8 +277,8 @@ def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple
         return cfg(16, 16, 4, 1), cfg(16, 16, 4, 1)
     if head_dim_pad <= 64:
         return cfg(32, 128, 8, 2), cfg(128, 32, 8, 2)
-    if head_dim_pad <= 128:
-        return cfg(16, 64, 8, 3), cfg(64, 32, 8, 3)
+    if head_dim_pad <= 128:   # H200 sweep (kernels/NOTES.md): 1.9x / 1.4x faster than (16,64,8,3) / (64,32,8,3)
+        return cfg(32, 64, 4, 3), cfg(64, 32, 4, 3)
     return cfg(16, 32, 8, 1), cfg(32, 32, 8, 1)
 
 
