@@ -8,13 +8,22 @@ from npedit.config import (Config, ConfigError, DataConfig, MethodConfig, OptimC
 
 
 def shapes() -> Config:
-    """The built-in shapes world on a CPU: warm-up then NP-Edit, a few minutes on 2 cores."""
+    """The built-in shapes world on a CPU: warm-start from the shipped toy teacher, reference-copy
+    warm-up, then NP-Edit with the shipped toy judge asked generic (caption-style) questions; the
+    oracle scores held-out edits before and after. About 5 minutes on 2 cores."""
+    from npedit.assets import asset_path
+
     return Config(
+        student=StudentConfig(pretrained=str(asset_path("shapes/teacher"))),
+        text=TextConfig(pretrained=str(asset_path("shapes/text_encoder")), max_length=32),
+        # caption questions of 3-object scenes are 36 tokens with <bos>
+        vlm=VLMConfig(pretrained=str(asset_path("shapes/judge")), max_text_len=40),
         data=DataConfig(kind="shapes", image_size=32, batch_size=4),
-        method=MethodConfig(tau_ramp_steps=200, fake_updates=2),
-        student_optim=OptimConfig(lr=2e-4, schedule="cosine", warmup_steps=10),
+        method=MethodConfig(question_style="caption", tau_ramp_steps=100, fake_updates=1),
+        student_optim=OptimConfig(lr=5e-4, schedule="cosine", warmup_steps=10),
         fake_optim=OptimConfig(lr=2e-4),
-        train=TrainConfig(max_steps=300, warmup_stage_steps=100, sample_every=100, checkpoint_every=100),
+        train=TrainConfig(max_steps=550, warmup_stage_steps=400, sample_every=100, checkpoint_every=275,
+                          oracle_eval_examples=120),
     )
 
 
