@@ -109,9 +109,14 @@ def build_models(cfg: Config, words: list[str] | None = None, student_side: bool
     else:
         real = copy.deepcopy(student)
     fake = copy.deepcopy(real)
+    # one mode for the trained networks (the student's unroll, the critic's update) and the frozen
+    # judge's blocks: it changes what backward keeps, never a value or a gradient (npedit plan models it)
     student.checkpointing = cfg.student.checkpointing
+    fake.checkpointing = cfg.student.checkpointing
 
     vlm, vlm_tokenizer = _builtin_judge(cfg, words) if judge_side else (None, None)
+    if vlm is not None:
+        vlm.checkpointing = cfg.student.checkpointing
     for model in (real, fake, text_encoder, vlm):
         if model is not None:
             model.requires_grad_(False)
