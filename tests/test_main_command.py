@@ -1,4 +1,6 @@
 """The README's main command (`make train` runs exactly this) completes and writes what it promises."""
+import json
+
 import pytest
 
 from helpers import read_metrics, train
@@ -16,3 +18,10 @@ def test_main_command_on_the_shapes_world(tmp_path):
     assert (out / "samples" / f"step_{cfg.max_steps}.png").is_file()
     assert (out / "checkpoints" / f"step_{cfg.max_steps}" / "trainer_state.json").is_file()
     assert (out / "tensorboard").is_dir()
+    # the run starts from the shipped teacher and ends with the oracle's before / after report
+    report = json.loads((out / "oracle_report.json").read_text())
+    for when in ("before", "after"):
+        overall = report[when]["overall"]
+        assert overall["n"] == cfg.oracle_eval_examples
+        assert 0 <= overall["success"] <= 1 and 0 <= overall["preservation"] <= 1
+    assert report["before"]["overall"] != report["after"]["overall"]
