@@ -8,9 +8,12 @@ be a multiple). The references below are the specification of the fused kernels.
 Op stack: `attention_ref` / `attention_varlen_ref` (specification) -> Triton kernels in
 `npedit/ops/triton/attention*.py` -> custom ops `npedit::attention_fwd|bwd` and
 `npedit::attention_varlen_fwd|bwd` (autograd boundary, `impl` = "triton" or "torch") -> the
-functional `attention` / `attention_varlen` below. The "torch" impl is the reference forward plus
-an analytic backward from the saved log-sum-exp, so both backends save (q, k, v, out, lse) and
-selective checkpointing (`npedit.ops.checkpoint`) can keep the attention output on either.
+functional `attention` / `attention_varlen` below. The "torch" impl (`npedit.ops.attention_chunked`)
+is FlashAttention in PyTorch: query blocks with full keys, forward and an analytic backward from the
+saved log-sum-exp, so its temporaries are [B, H, block, Sk] rather than the reference's
+[B, H, Sq, Sk]; under NPEDIT_OPS=ref (the "plain" stack) it is the reference forward plus the same
+analytic backward, unblocked. Both backends save (q, k, v, out, lse), and selective checkpointing
+(`npedit.ops.checkpoint`) can keep the attention output on either.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from npedit.ops.attention_chunked import attention_bwd_chunked, attention_fwd_chunked
 from npedit.ops.backend import forced_backend
 from npedit.ops.triton import use_triton
 
@@ -64,10 +68,13 @@ def attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
 
 
 # ---------------------------------------------------------------------------------------------------
-# "torch" implementation of the custom ops: the reference forward, an analytic backward
+# "torch" implementation of the custom ops. Unforced (CPU tensors, or GPU shapes Triton cannot run):
+# npedit.ops.attention_chunked, query blocks of [B, H, block, Sk] temporaries. NPEDIT_OPS=ref (the
+# benchmarks' and planner's "plain" stack): the reference forward, materialising [B, H, Sq, Sk] scores,
+# and the analytic backward below. Both save (q, k, v, out, lse); varlen runs them per segment.
 
 
-def _attention_bwd_torch(dout, dlse, q, k, v, lse, causal: bool, scale: float):
+def _attention_bwd_ref(dout, dlse, q, k, v, lse, causal: bool, scale: float):
     """Recompute P = exp(S - lse) in fp32 and apply the softmax backward; GQA grads summed per kv head."""
     num_q_heads, num_kv_heads = q.shape[-2], k.shape[-2]
     qf, kf, vf, dof = q.float(), _expand_kv(k, num_q_heads).float(), _expand_kv(v, num_q_heads).float(), dout.float()
@@ -93,6 +100,18 @@ def _attention_bwd_torch(dout, dlse, q, k, v, lse, causal: bool, scale: float):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _torch_fns():
+    """(forward, backward) of the "torch" impl: the reference pair under NPEDIT_OPS=ref, else the blocked pair."""
+    if forced_backend() == "ref":
+        return _attention_fwd_ref, _attention_bwd_ref
+    return attention_fwd_chunked, attention_bwd_chunked
+
+
+def _attention_fwd_ref(q, k, v, causal: bool, scale: float):
+    out, lse = attention_ref(q, k, v, causal, scale, return_lse=True)
+    return out.contiguous(), lse.contiguous()
+
+
 def _segments(cu_seqlens_q, cu_seqlens_k):
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     return [(cq[i], cq[i + 1], ck[i], ck[i + 1]) for i in range(len(cq) - 1)]
@@ -109,8 +128,7 @@ def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     if impl == "triton":
         from npedit.ops.triton.attention import attention_fwd
         return attention_fwd(q, k, v, causal, softmax_scale)
-    out, lse = attention_ref(q, k, v, causal, softmax_scale, return_lse=True)
-    return out.contiguous(), lse.contiguous()
+    return _torch_fns()[0](q, k, v, causal, softmax_scale)
 
 
 @_attention_fwd_op.register_fake
@@ -126,7 +144,7 @@ def _attention_bwd_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch
     if impl == "triton":
         from npedit.ops.triton.attention_bwd import attention_bwd
         return attention_bwd(dout, q, k, v, out, lse, causal, softmax_scale, dlse)
-    return _attention_bwd_torch(dout, dlse, q, k, v, lse, causal, softmax_scale)
+    return _torch_fns()[1](dout, dlse, q, k, v, lse, causal, softmax_scale)
 
 
 @_attention_bwd_op.register_fake
@@ -160,8 +178,9 @@ def _attention_varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q)
     out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    fwd = _torch_fns()[0]
     for qs, qe, ks, ke in _segments(cu_seqlens_q, cu_seqlens_k):
-        o, l = attention_ref(q[None, qs:qe], k[None, ks:ke], v[None, ks:ke], causal, softmax_scale, return_lse=True)
+        o, l = fwd(q[None, qs:qe], k[None, ks:ke], v[None, ks:ke], causal, softmax_scale)
         out[qs:qe], lse[:, qs:qe] = o[0], l[0]
     return out, lse
 
@@ -181,10 +200,11 @@ def _attention_varlen_bwd_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q
         return attention_bwd(dout, q, k, v, out, lse, causal, softmax_scale, dlse, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    bwd = _torch_fns()[1]
     for qs, qe, ks, ke in _segments(cu_seqlens_q, cu_seqlens_k):
         seg_dlse = None if dlse is None else dlse[None, :, qs:qe]
-        g = _attention_bwd_torch(dout[None, qs:qe], seg_dlse, q[None, qs:qe], k[None, ks:ke], v[None, ks:ke],
-                                 lse[None, :, qs:qe], causal, softmax_scale)
+        g = bwd(dout[None, qs:qe], seg_dlse, q[None, qs:qe], k[None, ks:ke], v[None, ks:ke], lse[None, :, qs:qe],
+                causal, softmax_scale)
         dq[qs:qe], dk[ks:ke], dv[ks:ke] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv
 
