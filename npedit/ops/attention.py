@@ -12,7 +12,9 @@ functional `attention` / `attention_varlen` below. The "torch" impl (`npedit.ops
 is FlashAttention in PyTorch: query blocks with full keys, forward and an analytic backward from the
 saved log-sum-exp, so its temporaries are [B, H, block, Sk] rather than the reference's
 [B, H, Sq, Sk]; under NPEDIT_OPS=ref (the "plain" stack) it is the reference forward plus the same
-analytic backward, unblocked. Both backends save (q, k, v, out, lse), and selective checkpointing
+analytic backward, unblocked. Variable-length batches of short segments (captions, vision windows)
+run as one padded pass (`npedit.ops.attention_varlen_padded`) instead of a loop over segments, which
+on a GPU cost host syncs and launches per segment. Both backends save (q, k, v, out, lse), and selective checkpointing
 (`npedit.ops.checkpoint`) can keep the attention output on either.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from npedit.ops.attention_chunked import attention_bwd_chunked, attention_fwd_chunked
+from npedit.ops.attention_varlen_padded import fits_padded, varlen_bwd_padded, varlen_fwd_padded
 from npedit.ops.backend import forced_backend
 from npedit.ops.triton import use_triton
 
@@ -112,6 +115,13 @@ def _attention_fwd_ref(q, k, v, causal: bool, scale: float):
     return out.contiguous(), lse.contiguous()
 
 
+def _use_padded_varlen(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int) -> bool:
+    """Unforced torch impl, many short segments: one padded pass instead of a loop over segments
+    (npedit.ops.attention_varlen_padded). NPEDIT_OPS=ref keeps the per-segment reference."""
+    return forced_backend() != "ref" and fits_padded(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                     q.shape[1])
+
+
 def _segments(cu_seqlens_q, cu_seqlens_k):
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     return [(cq[i], cq[i + 1], ck[i], ck[i + 1]) for i in range(len(cq) - 1)]
@@ -176,6 +186,9 @@ def _attention_varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if impl == "triton":
         from npedit.ops.triton.attention import attention_fwd
         return attention_fwd(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q)
+    if _use_padded_varlen(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return varlen_fwd_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                 softmax_scale)
     out = torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     fwd = _torch_fns()[0]
@@ -199,6 +212,9 @@ def _attention_varlen_bwd_op(dout: torch.Tensor, dlse: Optional[torch.Tensor], q
         from npedit.ops.triton.attention_bwd import attention_bwd
         return attention_bwd(dout, q, k, v, out, lse, causal, softmax_scale, dlse, cu_seqlens_q, cu_seqlens_k,
                              max_seqlen_q, max_seqlen_k)
+    if _use_padded_varlen(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return varlen_bwd_padded(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                 max_seqlen_k, causal, softmax_scale)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     bwd = _torch_fns()[1]
     for qs, qe, ks, ke in _segments(cu_seqlens_q, cu_seqlens_k):
