@@ -68,7 +68,7 @@ class Editor:
         cfg = self.config
         pipeline = json.loads((export / "pipeline.json").read_text())["pipeline"]
         spec = DiffusersStudentSpec(pipeline, "", cfg.data.image_size, cfg.text.max_length, cfg.student.guidance,
-                                    field=f"{export / 'pipeline.json'}: pipeline")
+                                    field=f"{export / 'pipeline.json'}: pipeline", attention=cfg.student.attention)
         self.student = spec.load_transformer(str(export), torch.float32, None, subfolder="student")
         self.student = self.student.to(self.device).eval()
         frozen = {name: m.to(self.device) for name, m in spec.load_frozen(torch.float32, None).items()}
