@@ -86,15 +86,16 @@ def markdown(summary: dict, seeds: list[int], n_examples: int, budget: str) -> s
              "**exact** = the parsed output is the true target scene (= success and preservation both hold); "
              "**success** = the intended change happened; **preservation** = nothing else changed; "
              "**pixel MAE** against the true target (0-1 scale).", "",
-             "| method | exact | success | preservation | pixel MAE | wall time / run |",
-             "|---|---|---|---|---|---|"]
+             "| method | seeds | exact | success | preservation | pixel MAE | wall time / run |",
+             "|---|---|---|---|---|---|---|"]
     for method in ROWS:
         if method not in summary:
             continue
         o = summary[method]["overall"]
         wall = summary[method].get("wall_seconds")
         wall_s = f"{wall[0] / 60:.1f} min" if wall else "-"
-        lines.append(f"| {LABELS[method]} | {_pct(o['exact'])} | {_pct(o['success'])} | "
+        n_seeds = len(summary[method]["seeds"])
+        lines.append(f"| {LABELS[method]} | {n_seeds} | {_pct(o['exact'])} | {_pct(o['success'])} | "
                      f"{_pct(o['preservation'])} | {o['pixel_mae'][0]:.4f} ± {o['pixel_mae'][1]:.4f} | {wall_s} |")
     for metric in ("exact", "success", "preservation"):
         lines += ["", f"Per category, {metric} (%):", "",
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE))
     args = p.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     reports = load_reports(runs, args.seeds)
     summary = summarise(reports)
     if not summary:
