@@ -109,19 +109,34 @@ def build_models(cfg: Config, words: list[str] | None = None, student_side: bool
     else:
         real = copy.deepcopy(student)
     fake = copy.deepcopy(real)
-    # one mode for the trained networks (the student's unroll, the critic's update) and the frozen
-    # judge's blocks: it changes what backward keeps, never a value or a gradient (npedit plan models it)
-    student.checkpointing = cfg.student.checkpointing
-    fake.checkpointing = cfg.student.checkpointing
-
     vlm, vlm_tokenizer = _builtin_judge(cfg, words) if judge_side else (None, None)
-    if vlm is not None:
-        vlm.checkpointing = cfg.student.checkpointing
+    set_run_checkpointing(student, fake, vlm, cfg.student.checkpointing)
     for model in (real, fake, text_encoder, vlm):
         if model is not None:
             model.requires_grad_(False)
     fake.requires_grad_(True)
     return Models(student, real, fake, text_encoder, text_tokenizer, vlm, vlm_tokenizer, codec)
+
+
+def set_checkpointing(model: nn.Module, mode: str) -> None:
+    """Activation checkpointing of a student or critic: built-in FlowDiT (none|full|selective) or a
+    diffusers editor (whole-block checkpointing for full and selective)."""
+    if hasattr(model, "set_checkpointing"):
+        model.set_checkpointing(mode)
+        if mode == "none":
+            model.transformer.disable_gradient_checkpointing()
+    else:
+        model.checkpointing = mode
+
+
+def set_run_checkpointing(student: nn.Module, fake: nn.Module, vlm: nn.Module | None, mode: str) -> None:
+    """One mode for the trained networks (the student's unroll, the critic's update) and the frozen
+    blocks of `vlm`, the built-in TinyVLM judge (None for other judges): it changes what backward keeps,
+    never a value or a gradient (npedit plan models the same)."""
+    set_checkpointing(student, mode)
+    set_checkpointing(fake, mode)
+    if vlm is not None:
+        vlm.checkpointing = mode
 
 
 def _builtin_judge(cfg: Config, words: list[str]) -> tuple[nn.Module, WordTokenizer]:
@@ -240,8 +255,8 @@ class ModelPlan:
             real = spec.load_transformer(spec.teacher, bf16, zero3).requires_grad_(False).eval()
             fake = spec.load_transformer(spec.teacher, torch.float32 if zero3_trainable is None else bf16,
                                          zero3_trainable)
-            for trained in (student, fake):  # large critics need it as much as the unrolled student
-                trained.set_checkpointing(cfg.student.checkpointing)
+            # large critics need it as much as the unrolled student; a built-in judge got it in build_models
+            set_run_checkpointing(student, fake, None, cfg.student.checkpointing)
             frozen.update(spec.load_frozen(bf16, zero3))
         frozen["vlm"] = b.vlm if self.judge_spec is None else self.judge_spec.build(bf16, zero3)
         return RunModels(student, real, fake, frozen, plain, self)

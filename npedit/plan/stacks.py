@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["NPEDIT", "PLAIN", "STACKS", "Stack", "applied", "judge_vlm", "set_checkpointing", "set_run_checkpointing"]
+from npedit.build import set_run_checkpointing as set_models_checkpointing
+
+__all__ = ["NPEDIT", "PLAIN", "STACKS", "Stack", "applied", "judge_vlm", "set_run_checkpointing"]
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,6 @@ NPEDIT = Stack("npedit", None, None, False, "deepspeed")
 STACKS = {"plain": PLAIN, "npedit": NPEDIT}
 
 
-def set_checkpointing(model: nn.Module, mode: str) -> None:
-    """Activation checkpointing of a student: built-in FlowDiT (none|full|selective) or a diffusers editor
-    (whole-block checkpointing for full and selective)."""
-    if hasattr(model, "set_checkpointing"):
-        model.set_checkpointing(mode)
-        if mode == "none":
-            model.transformer.disable_gradient_checkpointing()
-    else:
-        model.checkpointing = mode
-
-
 def judge_vlm(judge) -> nn.Module | None:
     """The built-in judge's TinyVLM (None for other judges)."""
     from npedit.models.vlm import TinyVLM
@@ -56,13 +47,8 @@ def judge_vlm(judge) -> nn.Module | None:
 
 
 def set_run_checkpointing(sn, mode: str) -> None:
-    """One checkpointing mode for the run's trained networks (student and fake score) and the built-in
-    judge's blocks (frozen: checkpointing changes no value or gradient, only what backward keeps)."""
-    set_checkpointing(sn.student, mode)
-    set_checkpointing(sn.fake, mode)
-    vlm = judge_vlm(sn.nets.judge)
-    if vlm is not None:
-        vlm.checkpointing = mode
+    """`npedit.build.set_run_checkpointing` on a StepNetworks: student, fake score, built-in judge."""
+    set_models_checkpointing(sn.student, sn.fake, judge_vlm(sn.nets.judge), mode)
 
 
 @contextlib.contextmanager
