@@ -92,6 +92,13 @@ class DiffusersStudentSpec:
         return int(self.vae_config.get("latent_channels", 16))
 
     # ------------------------------------------------------------------ loading
+    def install_attention(self, transformer: nn.Module) -> None:
+        """npedit's fused attention processors on every attention module (`student.attention=npedit`);
+        with `sdpa` diffusers' own processors stay."""
+        if self.attention == "npedit":
+            from npedit.adapters.diffusers_attention import use_npedit_attention
+            use_npedit_attention(transformer)
+
     def load_transformer(self, source: str, dtype: torch.dtype, ds_config: dict | None,
                          subfolder: str = "transformer") -> SD3Editor | FluxEditor:
         """The pipeline's transformer (or a trained one saved under `subfolder`) wrapped for editing."""
@@ -99,9 +106,7 @@ class DiffusersStudentSpec:
 
         name = self.index["transformer"][1]
         transformer = load_diffusers(_class("diffusers", name, self.field), source, subfolder, dtype, ds_config)
-        if self.attention == "npedit":
-            from npedit.adapters.diffusers_attention import use_npedit_attention
-            use_npedit_attention(transformer)
+        self.install_attention(transformer)
         return SD3Editor(transformer) if self.family == "sd3" else FluxEditor(transformer, self.guidance)
 
     def load_frozen(self, dtype: torch.dtype, ds_config: dict | None) -> dict[str, nn.Module]:

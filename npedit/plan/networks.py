@@ -147,9 +147,7 @@ def _meta_published(plan: ModelPlan, dtype: torch.dtype):
         for source, field_name in ((spec.source, spec.field), (spec.teacher, "student.teacher"), (spec.teacher, "")):
             config = read_json(source, "transformer/config.json", field_name or spec.field)
             transformer = _meta_diffusers(name, config, dtype)
-            if getattr(spec, "attention", "sdpa") == "npedit":     # as DiffusersStudentSpec.load_transformer
-                from npedit.adapters.diffusers_attention import use_npedit_attention
-                use_npedit_attention(transformer)
+            spec.install_attention(transformer)        # as DiffusersStudentSpec.load_transformer
             editors.append(_editor(spec, transformer))
         student, real, fake = editors
         for encoder, _ in spec.parts:
