@@ -20,6 +20,22 @@ def shapes_tokenizer(extra_texts: list[str] = ()) -> WordTokenizer:
     return WordTokenizer.from_words(default_words(list(extra_texts)))
 
 
+class RunningMean:
+    """0.98 x mean + 0.02 x value over per-step scalar tensors, kept on their device in float64: the
+    training loop never waits for the GPU to log; `float(m)` reads it (a sync) when it is shown.
+    start None: the first value starts the mean."""
+
+    def __init__(self, start: float | None = None):
+        self.value = start
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
+        self.value = x if self.value is None else 0.98 * self.value + 0.02 * x
+
+    def __float__(self) -> float:
+        return float("nan") if self.value is None else float(self.value)
+
+
 class EMA:
     """Exponential moving average of a model's parameters (buffers copied): the weights that ship."""
 

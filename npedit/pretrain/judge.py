@@ -31,7 +31,8 @@ from npedit.models.layers import init_transformer_weights
 from npedit.models.tokenizer import WordTokenizer
 from npedit.models.vlm import TinyVLM, VLMConfig
 from npedit.outputs import image_grid
-from npedit.pretrain.common import EMA, Schedule, batch_stream, pick_device, set_threads, shapes_tokenizer
+from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, pick_device, set_threads,
+                                    shapes_tokenizer)
 from npedit.pretrain.judge_vision import pretrain_vision
 from npedit.pretrain.judge_data import QUESTION_KINDS, GenericQuestion, random_question, template_words
 
@@ -221,7 +222,7 @@ def train_judge(cfg: JudgeConfig, out_dir: str | Path, threads: int = 1, log_eve
     ema = EMA(vlm, cfg.ema)
     answer_ids = {a: tokenizer.token_id(a) for a in ("yes", "no")}
     batches = batch_stream(partial(question_batch, cfg), f"npedit.judge-train/{cfg.seed}/questions", cfg.workers)
-    running, acc, step = 0.0, 0.5, 0
+    running, acc, step = RunningMean(), RunningMean(start=0.5), 0
     bar = tqdm(total=cfg.steps, desc="judge", dynamic_ncols=True, mininterval=5)
     while not schedule.done(step):
         questions, first, second = next(batches)
@@ -234,19 +235,19 @@ def train_judge(cfg: JudgeConfig, out_dir: str | Path, threads: int = 1, log_eve
         torch.nn.utils.clip_grad_norm_(vlm.parameters(), 1.0)
         opt.step()
         ema.update(vlm, step)
-        running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        acc = 0.98 * acc + 0.02 * float(batch_acc)
+        running.update(loss)
+        acc.update(batch_acc)
         step += 1
         bar.update(1)
         if step % log_every == 0:
-            bar.set_postfix(loss=f"{running:.4f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{float(running):.4f}", acc=f"{float(acc):.3f}")
         if cfg.save_every and step % cfg.save_every == 0 and not schedule.done(step):
-            _save_progress(out, ema.model, tokenizer, cfg, step, running, time.time() - start)
+            _save_progress(out, ema.model, tokenizer, cfg, step, float(running), time.time() - start)
     bar.close()
     train_s = time.time() - start
 
     vlm = ema.model.cpu()
-    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": running,
+    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": float(running),
               "vision_stage_shape_accuracy": vision_acc,
               "accuracy": judge_accuracy(vlm, tokenizer, cfg.max_text_len, cfg.eval_per_kind, cfg.world_size)}
     vlm.save_pretrained(out / "judge")

@@ -29,7 +29,8 @@ from npedit.models.dit import DiTConfig, FlowDiT
 from npedit.models.text_encoder import TextEncoder, TextEncoderConfig
 from npedit.models.tokenizer import WordTokenizer
 from npedit.outputs import image_grid
-from npedit.pretrain.common import EMA, Schedule, batch_stream, pick_device, set_threads, shapes_tokenizer
+from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, pick_device, set_threads,
+                                    shapes_tokenizer)
 
 NEGATIVE_PROMPT = MethodConfig().negative_prompt
 
@@ -194,7 +195,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
     batches = batch_stream(partial(teacher_batch, cfg), f"npedit.teacher-train/{cfg.seed}", cfg.workers)
     gen = torch.Generator().manual_seed(cfg.seed)
     schedule = Schedule(cfg.steps, cfg.warmup, cfg.max_seconds)
-    start, running, step = time.time(), 0.0, 0
+    start, running, step = time.time(), RunningMean(), 0
     bar = tqdm(total=cfg.steps, desc="teacher", dynamic_ncols=True, mininterval=5)
     while not schedule.done(step):
         images, prompts = next(batches)
@@ -211,21 +212,21 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
         opt.step()
         ema_dit.update(dit, step)
         ema_enc.update(encoder, step)
-        running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
+        running.update(loss)
         step += 1
         bar.update(1)
         if step % log_every == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss=f"{float(running):.4f}")
         if cfg.save_every and step % cfg.save_every == 0 and not schedule.done(step):
             _save(out, ema_dit.model, ema_enc.model, tokenizer)
             with (out / "teacher_progress.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "loss": running, "seconds": round(time.time() - start)}) + "\n")
+                f.write(json.dumps({"step": step, "loss": float(running), "seconds": round(time.time() - start)}) + "\n")
     bar.close()
     train_s = time.time() - start
 
     dit, encoder = ema_dit.model.cpu(), ema_enc.model.cpu()
     text = TextConditioner(tokenizer, encoder, cfg.max_length)
-    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": running,
+    report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": float(running),
               "faithfulness": evaluate_teacher(dit, text, codec, cfg, out / "teacher_samples.png")}
     _save(out, dit, encoder, tokenizer)
     (out / "teacher_report.json").write_text(json.dumps(report, indent=2) + "\n")
