@@ -74,7 +74,8 @@ def attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
 # "torch" implementation of the custom ops. Unforced (CPU tensors, or GPU shapes Triton cannot run):
 # npedit.ops.attention_chunked, query blocks of [B, H, block, Sk] temporaries. NPEDIT_OPS=ref (the
 # benchmarks' and planner's "plain" stack): the reference forward, materialising [B, H, Sq, Sk] scores,
-# and the analytic backward below. Both save (q, k, v, out, lse); varlen runs them per segment.
+# and the analytic backward below. Both save (q, k, v, out, lse); varlen runs them per segment, or
+# (unforced, many short segments) as one padded pass: npedit.ops.attention_varlen_padded.
 
 
 def _attention_bwd_ref(dout, dlse, q, k, v, lse, causal: bool, scale: float):
