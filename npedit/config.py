@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from npedit.data.example import CATEGORIES
+from npedit.data.shapes import SHAPES_CATEGORIES
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,8 @@ class DataConfig:
     image_size: int = 32
     num_examples: int = 100_000   # shapes world size
     batch_size: int = 4           # per rank (= DeepSpeed train_micro_batch_size_per_gpu)
+    # shapes world: the edit categories trained on and scored by the oracle (balanced, in this order)
+    categories: list[str] = field(default_factory=lambda: list(SHAPES_CATEGORIES))
 
     def __post_init__(self):
         if self.kind not in ("shapes", "manifest"):
@@ -96,6 +99,10 @@ class DataConfig:
             raise ConfigError("data.kind=manifest needs data.manifest=<path to a .jsonl manifest>")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        unknown = [c for c in self.categories if c not in SHAPES_CATEGORIES]
+        if not self.categories or unknown or len(set(self.categories)) != len(self.categories):
+            raise ConfigError(f"data.categories must be distinct shapes-world categories, a non-empty subset of "
+                              f"{list(SHAPES_CATEGORIES)}; got {self.categories}")
 
 
 @dataclass
@@ -223,13 +230,18 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, float):
             return float(text)
         if isinstance(current, list):
-            value = json.loads(text) if text.startswith("[") else [s.strip() for s in text.split(",") if s.strip()]
-            if current and isinstance(current[0], (int, float)):
+            numeric = bool(current) and isinstance(current[0], (int, float))
+            if text.startswith("[") and (numeric or text[1:].lstrip().startswith('"')):
+                value = json.loads(text)                      # JSON: [1.0, 0.5] or ["a", "b"]
+            else:                                             # a,b  or  [a, b]
+                value = [s.strip() for s in text.strip("[]").split(",") if s.strip()]
+            if numeric:
                 value = [type(current[0])(v) for v in value]
             return value
         return text
     except (ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--set {key}={text}: expected a {type(current).__name__}") from exc
+        expected = ("a list: a,b or [a, b] or JSON" if isinstance(current, list) else f"a {type(current).__name__}")
+        raise ConfigError(f"--set {key}={text}: expected {expected}") from exc
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

@@ -33,7 +33,7 @@ from npedit.outputs import MetricsLog, save_sample_grid
 def build_dataset(cfg: Config):
     if cfg.data.kind == "shapes":
         return ShapesEditDataset(num_examples=cfg.data.num_examples, image_size=cfg.data.image_size,
-                                 seed=cfg.train.seed)
+                                 seed=cfg.train.seed, categories=tuple(cfg.data.categories))
     return ManifestDataset(cfg.data.manifest, image_size=cfg.data.image_size)
 
 
@@ -140,7 +140,8 @@ class Trainer:
             return None
         from npedit.eval.shapes_eval import evaluate_editor, format_report
 
-        report = evaluate_editor(self.edit, num_examples=n, image_size=self.cfg.data.image_size)
+        report = evaluate_editor(self.edit, num_examples=n, image_size=self.cfg.data.image_size,
+                                 categories=tuple(self.cfg.data.categories))
         if self.rank == 0:
             path = self.output_dir / "oracle_report.json"
             reports = json.loads(path.read_text()) if path.is_file() else {}

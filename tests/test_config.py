@@ -19,6 +19,11 @@ def test_overrides_are_typed():
     assert cfg.method.timesteps == [1.0, 0.5] and cfg.student.pretrained == "/x"
 
 
+@pytest.mark.parametrize("text", ["color,background", "[color, background]", '["color", "background"]'])
+def test_list_overrides_accept_plain_or_json_lists(text):
+    assert apply_overrides(get_preset("shapes"), [f"data.categories={text}"]).data.categories == ["color", "background"]
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("method.vlm_wieght=1", "vlm_wieght"),
     ("nosuch.x=1", "nosuch"),
@@ -27,6 +32,9 @@ def test_overrides_are_typed():
     ("train.precision=fp16", "train.precision"),
     ("method.timesteps=0.5,0.75", "decreasing"),
     ("noequals", "key=value"),
+    ("data.categories=color,pink", "data.categories"),
+    ("data.categories=color,color", "distinct"),
+    ("method.timesteps=[a]", "expected a list"),
 ])
 def test_bad_overrides_name_the_cause(override, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -65,6 +65,15 @@ def test_held_out_stream_is_deterministic_and_not_the_training_stream():
     assert EVAL_SEED not in range(0, 1000)
 
 
+def test_held_out_edits_of_chosen_categories_cycle_in_their_order():
+    data = held_out_edits(6, categories=("move", "add"))
+    assert data.categories == ["move", "add"] * 3
+    assert all(len(t.objects) == len(s.objects) + (c == "add") for s, t, c in zip(data.scenes, data.targets,
+                                                                                   data.categories))
+    report = score_outputs(data, data.truths)
+    assert set(report["per_category"]) == {"move", "add"} and report["overall"]["success"] == 1.0
+
+
 def _scene(*objects, background="white"):
     return Scene(background, tuple(objects))
 

@@ -57,6 +57,20 @@ def test_edit_cli_on_the_trained_checkpoint(straight_run, tmp_path):
     assert proc.returncode == 2 and "bad.png" in proc.stderr
 
 
+def test_eval_cli_scores_the_chosen_categories(straight_run, tmp_path):
+    out = tmp_path / "eval"
+    run([sys.executable, "-m", "npedit", "eval", "--checkpoint", str(straight_run), "--num_examples", "4",
+         "--categories", "remove,background", "--out", str(out), "--grid_rows", "2"])
+    report = json.loads((out / "oracle_report.json").read_text())
+    assert report["categories"] == ["remove", "background"] and report["num_examples"] == 4
+    assert {c: r["n"] for c, r in report["per_category"].items()} == {"remove": 2, "background": 2}
+    assert (out / "oracle_grid.png").is_file()
+    proc = run([sys.executable, "-m", "npedit", "eval", "--checkpoint", str(straight_run), "--categories", "paint",
+                "--out", str(tmp_path / "bad")], check=False)
+    assert proc.returncode == 2 and "paint" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_matches_a_straight_run(straight_run, tmp_path):
     train(tmp_path, "--max_steps", "2")
     train(tmp_path, "--max_steps", "4", "--resume")

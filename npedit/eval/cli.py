@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from npedit.data.shapes import SHAPES_CATEGORIES
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="npedit eval", description="Score a trained editor against the shapes "
@@ -17,12 +19,15 @@ def main(argv=None) -> int:
     p.add_argument("--world", default="shapes", choices=["shapes"], help="only the shapes world has an oracle")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoints/step_<N> or its export/")
     p.add_argument("--num_examples", type=int, default=240, help="held-out edits (categories balanced)")
+    p.add_argument("--categories", default=",".join(SHAPES_CATEGORIES),
+                   help="comma-separated edit categories to score (default: all, balanced)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/oracle_eval)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed of the editor")
     p.add_argument("--grid_rows", type=int, default=24, help="rows of the PNG grid")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
+    from npedit.data.edits import check_categories
     from npedit.eval.shapes_eval import format_report, held_out_edits, run_editor, score_outputs
     from npedit.inference import Editor
     from npedit.outputs import save_sample_grid
@@ -30,15 +35,16 @@ def main(argv=None) -> int:
     try:
         if args.num_examples < 1:
             raise ValueError(f"--num_examples must be >= 1, got {args.num_examples}")
+        categories = check_categories(c.strip() for c in args.categories.split(",") if c.strip())
         editor = Editor.from_checkpoint(args.checkpoint, args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"npedit eval: error: {exc}", file=sys.stderr)
         return 2
-    data = held_out_edits(args.num_examples, editor.image_size)
+    data = held_out_edits(args.num_examples, editor.image_size, categories=categories)
     outputs = run_editor(lambda images, texts: editor.edit(images, texts, seed=args.seed), data)
     report = score_outputs(data, outputs)
     rows = report.pop("examples")
-    report = {"checkpoint": str(args.checkpoint), "num_examples": args.num_examples,
+    report = {"checkpoint": str(args.checkpoint), "num_examples": args.num_examples, "categories": list(categories),
               "image_size": editor.image_size, **report}
 
     out = Path(args.out) if args.out else Path(args.checkpoint) / "oracle_eval"

@@ -49,11 +49,13 @@ class HeldOutEdits:
         return len(self.instructions)
 
 
-def held_out_edits(num_examples: int, image_size: int = 32, seed: int = EVAL_SEED) -> HeldOutEdits:
-    """Examples 0..N-1 of the world's edit stream with dataset seed `seed` (categories balanced)."""
+def held_out_edits(num_examples: int, image_size: int = 32, seed: int = EVAL_SEED,
+                   categories: tuple[str, ...] = SHAPES_CATEGORIES) -> HeldOutEdits:
+    """Examples 0..N-1 of the world's edit stream with dataset seed `seed` (`categories` balanced, cycled
+    in their order)."""
     if num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    rows = [generate(i, seed) for i in range(num_examples)]
+    rows = [generate(i, seed, categories) for i in range(num_examples)]
     examples = [make_example(scene, edit, target, image_size) for scene, edit, target in rows]
     return HeldOutEdits(references=torch.stack([e.image for e in examples]),
                         truths=torch.stack([render(target, image_size) for _, _, target in rows]),
@@ -137,18 +139,20 @@ def score_outputs(data: HeldOutEdits, outputs: torch.Tensor) -> dict:
 
 
 def evaluate_editor(edit_fn: EditFn, num_examples: int = 120, image_size: int = 32, seed: int = EVAL_SEED,
-                    batch_size: int = 64, per_example: bool = False) -> dict:
+                    batch_size: int = 64, per_example: bool = False,
+                    categories: tuple[str, ...] = SHAPES_CATEGORIES) -> dict:
     """Edit `num_examples` held-out scenes with edit_fn([B,3,S,S] in [0,1], instructions) -> [B,3,S,S] and
     score them against the renderer's truth. Every rank of a distributed run may call it (same examples).
 
-    -> {"num_examples", "seed", "image_size", "overall": {n, success, preservation, exact, pixel_mae},
+    -> {"num_examples", "seed", "image_size", "categories", "overall": {n, success, preservation, exact, pixel_mae},
         "per_category": {category: {...}}} (+ "examples": per-example rows when per_example).
     """
-    data = held_out_edits(num_examples, image_size, seed)
+    data = held_out_edits(num_examples, image_size, seed, categories)
     report = score_outputs(data, run_editor(edit_fn, data, batch_size))
     if not per_example:
         report.pop("examples")
-    return {"num_examples": num_examples, "seed": seed, "image_size": image_size, **report}
+    return {"num_examples": num_examples, "seed": seed, "image_size": image_size, "categories": list(categories),
+            **report}
 
 
 def format_report(report: dict) -> str:
