@@ -37,9 +37,10 @@ from npedit.models.tokenizer import WordTokenizer  # noqa: E402
 from npedit.presets import get_preset  # noqa: E402
 
 
-def true_pairs(step: int, batch_size: int, num_examples: int, seed: int, image_size: int):
+def true_pairs(step: int, batch_size: int, num_examples: int, seed: int, image_size: int,
+               categories: tuple[str, ...]):
     """-> (references [B,3,S,S], targets [B,3,S,S], instructions) of `step` (the oracle's truth)."""
-    rows = [edit_example_with_truth(i, seed, image_size)
+    rows = [edit_example_with_truth(i, seed, image_size, categories)
             for i in global_batch_indices(num_examples, batch_size, step, 1, seed)]
     return (torch.stack([r[0].image for r in rows]), torch.stack([r[1] for r in rows]),
             [r[0].instruction for r in rows])
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     start = time.time()
     log = (out / "metrics.jsonl").open("w")
     for step in range(steps):
-        refs, targets, instructions = true_pairs(step, batch, cfg.data.num_examples, cfg.train.seed, size)
+        refs, targets, instructions = true_pairs(step, batch, cfg.data.num_examples, cfg.train.seed, size,
+                                                  tuple(cfg.data.categories))
         text = diffusion.encode_text(instructions)
         ref_latent, x0 = diffusion.encode_images(refs), diffusion.encode_images(targets)   # [B, 12, S/2, S/2]
         t = torch.rand(batch, generator=gen)
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
         return edit_images(diffusion, student, images, texts, student_timesteps(cfg.method),
                            rank_generator(cfg.train.seed, 0, 0, "sample"))
 
-    report = evaluate_editor(edit_fn, num_examples=cfg.train.oracle_eval_examples, image_size=size)
+    report = evaluate_editor(edit_fn, num_examples=cfg.train.oracle_eval_examples, image_size=size,
+                             categories=tuple(cfg.data.categories))
     (out / "oracle_report.json").write_text(json.dumps({"after": report, "train_seconds": round(train_s, 1)},
                                                        indent=2) + "\n")
     export_editor(out / "export", cfg, student, diffusion)
