@@ -78,6 +78,41 @@ def test_selective_keeps_exactly_attention_out_and_lse(monkeypatch):
     assert saved["none"] > 4 * saved["selective"]
 
 
+class GatheringBlock(Block):
+    """A block whose weights are "gathered" by a pre-hook only when not already available, as ZeRO-3
+    does: forward and recompute run different numbers of allocations and copies."""
+
+    def __init__(self):
+        super().__init__()
+        self.available = False
+        self.register_forward_pre_hook(self._gather)
+
+    def _gather(self, module, args):
+        if not self.available:
+            buffer = torch.empty(3 * 32 * 32)            # the all-gather's flat buffer
+            buffer.copy_(torch.cat([p.detach().reshape(-1) for p in self.qkv.parameters()])[:buffer.numel()])
+            self.available = True
+
+
+def test_selective_tolerates_ops_that_differ_between_forward_and_recompute(monkeypatch):
+    monkeypatch.setenv("NPEDIT_OPS", "ref")
+    block = GatheringBlock()
+    x = torch.randn(2, 23, 32, requires_grad=True)
+    cond = torch.randn(2, 1, 32)
+    expected = torch.autograd.grad(_unroll(block, x, cond, "none").square().mean(), [x, *block.parameters()])
+    block.available = True                    # forward: already gathered (prefetched)
+    out = _unroll(block, x, cond, "selective")
+    block.available = False                   # recompute: gathered again
+    counter = CountAttention()
+    with counter:
+        grads = torch.autograd.grad(out.square().mean(), [x, *block.parameters()], retain_graph=True)
+    assert counter.calls == 0
+    for a, b in zip(expected, grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        torch.autograd.grad(out.square().mean(), [x])
+
+
 def test_no_grad_runs_plainly_and_bad_mode_is_named():
     block = Block()
     x, cond = torch.randn(1, 5, 32), torch.randn(1, 1, 32)

@@ -4,25 +4,33 @@ mode "none": keep every activation; "full": recompute the whole block in backwar
 "selective": recompute cheap ops but keep the attention outputs (and LSE), so backward never
 re-runs the attention forward.
 
-Selective checkpointing uses `torch.utils.checkpoint.create_selective_checkpoint_contexts` with a
-policy that says MUST_SAVE for the attention ops and PREFER_RECOMPUTE for everything else. The
-attention ops are our custom ops `npedit::attention_fwd` / `npedit::attention_varlen_fwd` (both the
+Selective checkpointing is non-reentrant `torch.utils.checkpoint.checkpoint` with two dispatch modes
+(`selective_contexts`): in forward, `_KeepOutputs` runs every op and keeps the outputs of the save
+ops; in the recompute, `_ReuseOutputs` hands those back in call order and runs every other op. The
+save ops are our custom ops `npedit::attention_fwd` / `npedit::attention_varlen_fwd` (both the
 Triton and the reference backend run through them, each returning (out, lse)) and PyTorch's SDPA
 kernels, for models that call `F.scaled_dot_product_attention` directly. In backward the block's
-matmuls, norms and activations are recomputed; attention's backward reads the cached out and lse.
+matmuls, norms and activations are recomputed; attention's backward reads the kept out and lse.
+
+Why not `torch.utils.checkpoint.create_selective_checkpoint_contexts`: its recompute mode requires
+every op of the recompute to have been seen, the same number of times, in forward. Under DeepSpeed
+ZeRO-3 that never holds: the block's sub-module hooks gather partitioned weights (allocations,
+all-gathers, copies) while the block runs, and whether a weight is still gathered or already
+prefetched differs between forward and recompute. Here only the save ops are matched by count.
 """
 from __future__ import annotations
 
-import functools
+from collections import defaultdict
 from typing import Callable, Iterable
 
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.checkpoint import checkpoint
 
 from npedit.ops.attention import ATTENTION_OPS
 
 CHECKPOINT_MODES = ("none", "full", "selective")
-
 _SDPA_OPS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
              "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
 
@@ -38,18 +46,60 @@ def attention_ops() -> tuple:
     return tuple(ops)
 
 
-def selective_policy(extra_save_ops: Iterable = ()) -> Callable:
-    """Policy for `create_selective_checkpoint_contexts`: save attention (and `extra_save_ops`, e.g.
-    `torch.ops.aten.mm.default` to also keep matmul outputs), recompute the rest."""
+def _detach(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+class _KeepOutputs(TorchDispatchMode):
+    """Forward of a selectively checkpointed region: run every op, keep the save ops' outputs."""
+
+    def __init__(self, save: frozenset, kept: dict):
+        super().__init__()
+        self.save, self.kept = save, kept
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.save:
+            self.kept[func].append(tree_map(_detach, out))
+        return out
+
+
+class _ReuseOutputs(TorchDispatchMode):
+    """Recompute of the region: the i-th call of a save op returns its i-th kept output (released on
+    use); every other op runs again."""
+
+    def __init__(self, save: frozenset, kept: dict):
+        super().__init__()
+        self.save, self.kept = save, kept
+        self.calls: dict = defaultdict(int)
+
+    def __enter__(self):
+        self.calls.clear()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in self.save:
+            return func(*args, **(kwargs or {}))
+        i = self.calls[func]
+        self.calls[func] += 1
+        kept = self.kept[func]
+        if i >= len(kept):
+            raise RuntimeError(f"selective checkpointing: {func} ran {i + 1} times in the recompute but "
+                               f"{len(kept)} in forward; the checkpointed function must call attention the same "
+                               "number of times")
+        if kept[i] is None:
+            raise RuntimeError("selective checkpointing: this region was already backpropagated once (its kept "
+                               "attention outputs are released); use checkpointing='none' to backward twice")
+        out, kept[i] = kept[i], None
+        return out
+
+
+def selective_contexts(extra_save_ops: Iterable = ()) -> tuple[TorchDispatchMode, TorchDispatchMode]:
+    """(forward context, recompute context) for `checkpoint(..., context_fn=...)`: keep the outputs of
+    the attention ops (and of `extra_save_ops`, e.g. `torch.ops.aten.mm.default`), recompute the rest."""
     save = frozenset(attention_ops()) | frozenset(extra_save_ops)
-
-    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-        return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return policy
-
-
-_SELECTIVE_CONTEXT_FN = functools.partial(create_selective_checkpoint_contexts, selective_policy())
+    kept: dict = defaultdict(list)
+    return _KeepOutputs(save, kept), _ReuseOutputs(save, kept)
 
 
 def checkpointed(fn: Callable, *args, mode: str = "none"):
@@ -59,5 +109,5 @@ def checkpointed(fn: Callable, *args, mode: str = "none"):
     if mode == "none" or not torch.is_grad_enabled():
         return fn(*args)
     if mode == "selective":
-        return checkpoint(fn, *args, use_reentrant=False, context_fn=_SELECTIVE_CONTEXT_FN)
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=selective_contexts)
     return checkpoint(fn, *args, use_reentrant=False)
