@@ -65,6 +65,19 @@ def test_ds_config_generated_and_checked():
     assert frozen["zero_optimization"]["stage"] == 3 and "optimizer" not in frozen
 
 
+def test_unset_bucket_sizes_never_exceed_the_engine():
+    cfg = get_preset("shapes")
+    small = trainable_ds_config(base_ds_config(cfg, 1), cfg.student_optim, num_params=1_234_567)
+    assert small["zero_optimization"]["reduce_bucket_size"] == 1_234_567
+    assert small["zero_optimization"]["allgather_bucket_size"] == 1_234_567
+    large = trainable_ds_config(base_ds_config(cfg, 1), cfg.student_optim, num_params=10**10)
+    assert large["zero_optimization"]["reduce_bucket_size"] == 5 * 10**8     # DeepSpeed's default
+    user = {"zero_optimization": {"reduce_bucket_size": 7_000_000, "allgather_bucket_size": "auto"}}
+    mine = trainable_ds_config(base_ds_config(cfg, 1, user), cfg.student_optim, num_params=1000)
+    assert mine["zero_optimization"]["reduce_bucket_size"] == 7_000_000       # the user's value is kept
+    assert mine["zero_optimization"]["allgather_bucket_size"] == 1000
+
+
 @pytest.mark.parametrize("user, field", [
     ({"train_micro_batch_size_per_gpu": 3}, "train_micro_batch_size_per_gpu"),
     ({"train_batch_size": 5}, "train_batch_size"),

@@ -13,6 +13,12 @@ from pathlib import Path
 from npedit.config import Config, ConfigError, OptimConfig
 
 
+# DeepSpeed's default reduce / all-gather bucket (elements). ZeRO-3 allocates its reduce bucket in full
+# per trainable engine (`contiguous_gradients`), 2 GB in fp32 even for a model of a few million weights.
+DEEPSPEED_BUCKET = int(5e8)
+_BUCKET_KEYS = ("reduce_bucket_size", "allgather_bucket_size")
+
+
 class DeepSpeedConfigError(ConfigError):
     """The DeepSpeed JSON disagrees with the training config, or cannot be read."""
 
@@ -73,9 +79,17 @@ def base_ds_config(config: Config, world_size: int, user: dict | None = None, so
     return user
 
 
-def trainable_ds_config(base: dict, optim: OptimConfig) -> dict:
-    """Per trainable engine: the base plus its optimizer (scheduler is passed as a client callable)."""
+def trainable_ds_config(base: dict, optim: OptimConfig, num_params: int | None = None) -> dict:
+    """Per trainable engine: the base plus its optimizer (scheduler is passed as a client callable).
+
+    Bucket sizes the JSON leaves out (or sets to "auto") become min(DeepSpeed's 5e8, the engine's
+    `num_params`): a bucket never needs to hold more than the whole model."""
     cfg = copy.deepcopy(base)
+    if num_params is not None:
+        zero = cfg.setdefault("zero_optimization", {})
+        for key in _BUCKET_KEYS:
+            if zero.get(key, "auto") == "auto":
+                zero[key] = int(min(DEEPSPEED_BUCKET, max(1, num_params)))
     cfg["gradient_clipping"] = optim.clip
     cfg["optimizer"] = {"type": "AdamW", "params": {
         "lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps,

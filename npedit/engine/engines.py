@@ -58,8 +58,9 @@ def _trainable(model: nn.Module, optim: OptimConfig, base_ds: dict, total_steps:
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
+    numel = sum(getattr(p, "ds_numel", p.numel()) for p in params)   # ds_numel: already ZeRO-3 partitioned
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=params, config=trainable_ds_config(base_ds, optim),
+        model=model, model_parameters=params, config=trainable_ds_config(base_ds, optim, numel),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total_steps)))
     return engine
 

@@ -9,7 +9,7 @@ Model states (per parameter, N = GPUs):
   stage 3 partitions weights, gradients and optimizer states (bf16: bf16 weights and gradients, fp32
   master weights and moments = 16 bytes / N); stages 1-2 keep full weights (and stage 1 full
   gradients). Every trainable engine allocates a contiguous gradient bucket of `reduce_bucket_size`
-  (5e8) elements; the optimizer step makes an fp32 copy of a sub-group's gradients (`sub_group_size`
+  elements (npedit's generated config: min(5e8, the engine's weights)); the optimizer step makes an fp32 copy of a sub-group's gradients (`sub_group_size`
   1e9). ZeRO-3 gathers a module's weights while it runs: about two of the largest modules (the
   running one and the prefetched next) plus the prefetch bucket (5e7 elements) and the judge's LM
   head, which the judge reads outside its module. Offload: "optimizer" moves master weights, moments
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from npedit.engine.ds_config import DEEPSPEED_BUCKET
 from npedit.plan.simulate import ModelSize, StepProfile
 
 __all__ = ["DS_DEFAULTS", "RUNTIME_RESERVE", "Breakdown", "Hardware", "per_gpu"]
 
 GB = 1024 ** 3
 RUNTIME_RESERVE = int(1.0 * GB)   # CUDA context + library workspaces (not in the allocator's count)
-DS_DEFAULTS = {"reduce_bucket_size": int(5e8), "sub_group_size": int(1e9), "prefetch_bucket_size": int(5e7)}
+DS_DEFAULTS = {"reduce_bucket_size": DEEPSPEED_BUCKET, "sub_group_size": int(1e9), "prefetch_bucket_size": int(5e7)}
 OFFLOADS = ("none", "optimizer", "param")
 
 

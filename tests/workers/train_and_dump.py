@@ -25,6 +25,12 @@ def rank_state(module: torch.nn.Module) -> dict:
         return {name: p.detach().clone().float() for name, p in module.named_parameters()}
 
 
+def reduce_buckets(engine) -> list[int]:
+    """Elements of the ZeRO-3 optimizer's preallocated reduce buckets (none below stage 3)."""
+    buckets = getattr(engine.optimizer, "ipg_buckets", {})
+    return [b.buffer.numel() for b in buckets.values() if isinstance(getattr(b, "buffer", None), torch.Tensor)]
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     overrides = [a for a in sys.argv[2:] if a != "--set"]
@@ -33,7 +39,7 @@ def main() -> None:
     last = trainer.run()
     state = {"student": rank_state(trainer.engines.student.module),
              "fake": rank_state(trainer.engines.fake.module), "last": last,
-             "world_size": trainer.world}
+             "world_size": trainer.world, "reduce_buckets": reduce_buckets(trainer.engines.student)}
     torch.save(state, out / f"params_rank{trainer.rank}.pt")
 
 
