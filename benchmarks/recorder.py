@@ -131,6 +131,11 @@ def finalize(rows: list[dict]) -> None:
         if base is not None and r["stack"] == "npedit":
             r["peak_plain_over_npedit"] = base["peak_mib"] / r["peak_mib"]
             r["step_plain_over_npedit"] = base["step_mib"] / r["step_mib"]
+    sharded = [r for r in rows if r["group"] == "sharded_step"]
+    plain_rows = {r["case"]: r for r in sharded if r["stack"] == "plain"}
+    for r in sharded:
+        if r["stack"] != "plain" and r["case"] in plain_rows:
+            r["peak_plain_over_npedit"] = plain_rows[r["case"]]["peak_mib"] / r["peak_mib"]
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
@@ -141,6 +146,7 @@ COLUMNS = {
     "csrc": ["case", "impl", "mode", "median_ms", "gbps", "vs_ref"],
     "step": ["case", "stack", "passes", "median_s", "peak_mib", "step_mib", "saved_mib", "predicted_mib",
              "prediction_err", "time_vs_plain", "peak_plain_over_npedit", "step_plain_over_npedit"],
+    "sharded_step": ["case", "stack", "ranks", "peak_mib", "resident_mib", "step_s", "peak_plain_over_npedit"],
 }
 
 
