@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npedit.engine.zero_rows import binary_answer_loss_rows
 from npedit.method.questions import NO, YES, Question
 
 
@@ -96,4 +97,5 @@ class BuiltinJudge:
         if self.answer_loss == "vocab":
             return vlm.lm_head(hidden, target_ids=correct, scale=scale)
         wrong = torch.tensor([self.no_id if q.answer == YES else self.yes_id for q in questions], device=device)
-        return vlm.lm_head(hidden, pos_ids=correct, neg_ids=wrong, scale=scale)
+        # the head's weight, not vlm.lm_head(...): under ZeRO-3 only the Yes/No rows are gathered
+        return binary_answer_loss_rows(hidden, vlm.lm_head.weight, correct, wrong, scale)

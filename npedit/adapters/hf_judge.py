@@ -20,6 +20,7 @@ from npedit import ops
 from npedit.adapters.select import VLM_FAMILIES, detect_vlm, read_json
 from npedit.adapters.vlm_families import FAMILY_CLASSES, VLMFamily
 from npedit.config import ConfigError
+from npedit.engine.zero_rows import binary_answer_loss_rows
 from npedit.method.questions import YES, Question
 
 YES_WORD, NO_WORD = "Yes", "No"
@@ -127,7 +128,9 @@ class HFJudgeSpec:
 
 class AnswerHead(nn.Module):
     """The answer loss from answer-position hidden states, inside this module's forward so that ZeRO-3
-    gathers the LM-head weight (an external parameter here) only around the loss, not the whole VLM."""
+    gathers the LM-head weight (an external parameter here) only around the loss, not the whole VLM.
+    The judge's default Yes/No loss bypasses it and gathers only the two answer rows
+    (`npedit.engine.zero_rows`); the vocabulary loss and the logits need the whole head."""
 
     def __init__(self, lm_head: nn.Module):
         super().__init__()
@@ -187,6 +190,8 @@ class JudgeModule(nn.Module):
                 second_ids: torch.Tensor | None = None, scale: float = 1.0, mode: str = "binary") -> torch.Tensor:
         """mode binary: -log sigmoid(scale (l_first - l_second)); vocab: CE on first_ids; logits: [Q, 2]."""
         hidden = self.answer_hidden(edited, refs, slots, input_ids, attention_mask, answer_pos)
+        if mode == "binary":   # two rows of the head: read them without calling AnswerHead (no whole-head gather)
+            return binary_answer_loss_rows(hidden, self.answer._lm_head[0].weight, first_ids, second_ids, scale)
         return self.answer(hidden, first_ids, second_ids, scale, mode)
 
 

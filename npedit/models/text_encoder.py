@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npedit.models.layers import TransformerBlock, init_transformer_weights, right_padded_lengths
-from npedit.models.serialization import PretrainedModel, check_config_fields, check_positive
+from npedit.engine.zero_rows import gather_rows
+from npedit.models.layers import (
+    TransformerBlock,
+    init_transformer_weights,
+    right_padded_lengths,
+)
+from npedit.models.serialization import (
+    PretrainedModel,
+    check_config_fields,
+    check_positive,
+)
 
 
 @dataclass
@@ -27,13 +36,16 @@ class TextEncoderConfig:
 
 
 class TextEmbeddings(nn.Module):
+    row_gathered = ("token",)   # read through zero_rows.gather_rows: ZeRO-3 never gathers the whole table
+
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.token = nn.Embedding(config.vocab_size, config.dim)
         self.position = nn.Parameter(torch.randn(config.max_length, config.dim) * 0.02)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.token(input_ids) + self.position[:input_ids.shape[1]]
+        # the table through gather_rows, not self.token(...): under ZeRO-3 only the used rows are gathered
+        return gather_rows(self.token.weight, input_ids) + self.position[:input_ids.shape[1]]
 
 
 class TextEncoder(PretrainedModel):

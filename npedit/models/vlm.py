@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from npedit import ops
+from npedit.engine.zero_rows import gather_rows
 from npedit.models.layers import (
     TransformerBlock,
     init_transformer_weights,
@@ -107,6 +108,8 @@ class VisionTower(nn.Module):
 class LMEmbeddings(nn.Module):
     """Image slots + text tokens -> LM input sequence [Q, M*P + L, dim] with learned positions."""
 
+    row_gathered = ("token",)   # read through zero_rows.gather_rows: ZeRO-3 never gathers the whole table
+
     def __init__(self, config: VLMConfig):
         super().__init__()
         self.token = nn.Embedding(config.vocab_size, config.dim)
@@ -115,7 +118,7 @@ class LMEmbeddings(nn.Module):
             torch.randn(config.max_images * config.num_image_tokens + config.max_text_len, config.dim) * 0.02)
 
     def forward(self, image_feats: torch.Tensor, image_present: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        text = self.token(input_ids)  # [Q, L, dim]
+        text = gather_rows(self.token.weight, input_ids)  # [Q, L, dim]; ZeRO-3: only the used rows gathered
         images = torch.where(image_present[:, :, None, None], image_feats.to(text.dtype), self.no_image)
         x = torch.cat([images.flatten(1, 2), text], dim=1)
         return x + self.position[:x.shape[1]]
@@ -124,6 +127,7 @@ class LMEmbeddings(nn.Module):
 class TinyVLM(PretrainedModel):
     config_class = VLMConfig
     model_type = "npedit-tiny-vlm"
+    answer_rows = ("lm_head",)   # the Yes/No answer loss reads two rows of it (zero_rows), never the whole
     # none | full | selective, per block of the vision tower and the LM (`npedit.ops.checkpoint`). For the
     # frozen judge in the student loss only the activations for the gradient to the image are needed:
     # checkpointing keeps each block's input (selective: and its attention output) and recomputes the rest
