@@ -46,20 +46,21 @@ def _dataset(cfg: Config):
 
 
 def predict(cfg: Config, hardware: Hardware, passes: int | None = None, critic: bool = True,
-            stacks: tuple[Stack, ...] = (PLAIN, NPEDIT), dataset=None) -> Prediction:
+            stacks: tuple[Stack, ...] = (PLAIN, NPEDIT), dataset=None, words: list[str] | None = None) -> Prediction:
     """Per-GPU bytes of one steady-state step with `passes` student passes (default: the most the
-    schedule makes, 2 unless method.timesteps has one step)."""
+    schedule makes, 2 unless method.timesteps has one step); `words`: the built-in vocabulary (default:
+    the trainer's)."""
     from npedit.method.schedule import student_timesteps
 
     passes = passes or (2 if len(student_timesteps(cfg.method)) > 1 else 1)
     dataset = dataset if dataset is not None else _dataset(cfg)
     foreach = hardware.device == "cuda"   # torch AdamW's default on CUDA tensors
     sn = build_networks(apply_overrides(cfg, [f"method.fake_updates={min(1, cfg.method.fake_updates)}"]), "meta",
-                        dataset)
+                        dataset, words)
     out = None
     for stack in stacks:
         profile, sizes = simulate_stack(cfg, stack, dataset, passes, foreach=foreach, critic=critic,
-                                        target=hardware.device, sn=sn)
+                                        target=hardware.device, sn=sn, words=words)
         if out is None:
             out = Prediction(cfg, hardware, passes, sizes)
         out.profiles[stack.name] = profile

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from npedit.config import Config, apply_overrides
 from npedit.plan.meta_sim import gpu_kernels, simulate
@@ -63,14 +64,31 @@ class StepProfile:
         return parts
 
 
-def model_sizes(sn) -> list[ModelSize]:
+def _row_gathered(module: nn.Module, answer_loss: str) -> set[int]:
+    """ids of the sub-modules whose table is read row by row (`npedit.engine.zero_rows`), never gathered
+    whole: the ones a module names in `row_gathered` (the built-in token embeddings), and with the
+    Yes/No answer loss those in `answer_rows` (the built-in judge's LM head)."""
+    ids = set()
+    for m in module.modules():
+        names = tuple(getattr(m, "row_gathered", ()))
+        if answer_loss == "binary":
+            names += tuple(getattr(m, "answer_rows", ()))
+        ids.update(id(getattr(m, name)) for name in names)
+    return ids
+
+
+def model_sizes(sn, answer_loss: str = "binary") -> list[ModelSize]:
     sizes = []
     roles = {"student": sn.student, "fake": sn.fake, "real": sn.real, **sn.frozen}
     for role, module in roles.items():
-        leaf = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()), default=0)
+        rows = _row_gathered(module, answer_loss)
+        leaf = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()
+                    if id(m) not in rows), default=0)
         buffers = sum(b.numel() * b.element_size() for b in module.buffers())
         external = 0
-        if role == "vlm" and hasattr(module, "vlm"):  # JudgeModule: LM head gathered for the whole judge forward
+        if role == "vlm" and hasattr(module, "vlm") and answer_loss == "vocab":
+            # JudgeModule: the vocabulary loss gathers the LM head around the loss (the Yes/No loss reads
+            # its two rows only)
             external = module.vlm.get_output_embeddings().weight.numel()
         sizes.append(ModelSize(role, param_count(module), buffers, leaf, external, role in ("student", "fake")))
     return sizes
@@ -118,7 +136,7 @@ def simulate_stack(cfg: Config, stack: Stack, dataset=None, passes: int = 2, for
             start = tracker.live
             out = training_step(sn, sim_cfg, batch, step, optimizers, tracker, critic)
     profile = StepProfile(stack.name, out["passes"], tracker.peak - start, tracker.peak_phase, dict(tracker.phases))
-    return profile, model_sizes(sn)
+    return profile, model_sizes(sn, cfg.vlm.answer_loss)
 
 
 def _init_states(optimizers: dict | None) -> None:
