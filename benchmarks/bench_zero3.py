@@ -1,11 +1,12 @@
-"""The full NP-Edit step sharded by the trainer's DeepSpeed ZeRO-3 engines over N CPU ranks (gloo),
-against the plain stack in one process (a DDP replica holds the same per rank), in the same run.
+"""The full NP-Edit step sharded by the trainer's DeepSpeed ZeRO-3 engines over N ranks, against the
+plain stack in one process (a DDP replica holds the same per rank), in the same run.
 
 Each rank runs `zero3_worker.py` (torchrun); recorded per N: the largest per-rank peak and resident
 bytes and the slowest rank's step time. The built-in models of `bench_step.step_config` at 512 px,
 k=2 unrolled passes, the judge's vocabulary padded to 152,064 words; npedit's generated DeepSpeed
-config and `configs/zero3_min_memory.json` (no prefetch, weights released right after use). CPU only: on GPUs run the worker
-under `deepspeed` / `torchrun` with NCCL.
+config and `configs/zero3_min_memory.json` (no prefetch, weights released right after use). On the
+CPU the ranks use gloo and the small built-in world; with `--bench-device cuda` NCCL, one GPU per rank
+(as many ranks as there are GPUs) and the larger bf16 world of `bench_step`.
 """
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ RESOLUTION, PASSES = 512, 2
 DS_CONFIGS = {"generated": None, "min-memory": HERE.parent / "configs" / "zero3_min_memory.json"}
 
 
-def run_ranks(world: int, out: Path, port: int, ds_config: Path | None) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+def run_ranks(world: int, out: Path, port: int, ds_config: Path | None, device: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if device == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port", str(port),
@@ -46,21 +50,21 @@ def run_ranks(world: int, out: Path, port: int, ds_config: Path | None) -> list[
 @pytest.mark.parametrize("knobs", list(DS_CONFIGS))
 @pytest.mark.parametrize("world", [0, 1, 2, 4], ids=["plain", "zero3x1", "zero3x2", "zero3x4"])
 def test_sharded_step(recorder, device, tmp_path, world, knobs):
-    if device != "cpu":
-        pytest.skip("the sharded step benchmark runs CPU ranks over gloo")
+    if device == "cuda" and world > torch.cuda.device_count():
+        pytest.skip(f"{world} ranks need {world} GPUs")
     case = f"{RESOLUTION}px built-in, k={PASSES}"
     if world == 0:
         if knobs != "generated":
             pytest.skip("the plain stack has no ZeRO knobs")
         from npedit.trainer import build_dataset
 
-        cfg = step_config(RESOLUTION, "cpu")
+        cfg = step_config(RESOLUTION, device)
         torch.manual_seed(0)
-        m = measure_step(cfg, PLAIN, "cpu", build_dataset(cfg), PASSES, words=vocabulary())
+        m = measure_step(cfg, PLAIN, device, build_dataset(cfg), PASSES, words=vocabulary())
         recorder.add("sharded_step", case=case, stack="plain", ranks=1, peak_mib=m.peak_bytes / MIB,
                      resident_mib=m.baseline_bytes / MIB, note="plain: one process (what each DDP replica holds)")
         return
-    ranks = run_ranks(world, tmp_path, 29800 + world, DS_CONFIGS[knobs])
+    ranks = run_ranks(world, tmp_path, 29800 + world, DS_CONFIGS[knobs], device)
     assert {r["world_size"] for r in ranks} == {world}
     recorder.add("sharded_step", case=case, stack=f"npedit ZeRO-3 ({knobs} DeepSpeed config)", ranks=world,
                  peak_mib=max(r["peak_bytes"] for r in ranks) / MIB,

@@ -8,7 +8,9 @@ Two steps run (the first creates the optimizer states). `resident`: the unique s
 tensor this rank holds before the second step (its weights or ZeRO shards, gathered weights DeepSpeed
 kept, flat buffers, optimizer states); `peak`: resident plus the highest bytes the CPU allocator
 holds during the second step (`torch.profiler` memory events, as `npedit.plan.measure` counts a
-single-process step). Writes DIR/rank<R>.json.
+single-process step). On GPUs (NCCL, the larger built-in world of `bench_step`, bf16) both come
+from the CUDA allocator: `memory_allocated` before the step and `max_memory_allocated` during it.
+Writes DIR/rank<R>.json.
 """
 from __future__ import annotations
 
@@ -63,8 +65,9 @@ def main(argv=None) -> int:
     from npedit.plan.run_step import probe_batch, step_with_passes
     from npedit.trainer import build_dataset, networks_for
 
-    cfg = apply_overrides(step_config(args.resolution, "cpu"), ["train.zero_stage=3", "train.max_steps=100",
-                                                                "train.warmup_stage_steps=0"])
+    on_gpu = torch.cuda.is_available()   # init_distributed picks NCCL and this rank's GPU then
+    cfg = apply_overrides(step_config(args.resolution, "cuda" if on_gpu else "cpu"),
+                          ["train.zero_stage=3", "train.max_steps=100", "train.warmup_stage_steps=0"])
     words = vocabulary()
     dataset = build_dataset(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -96,11 +99,20 @@ def main(argv=None) -> int:
 
     npedit_step()                 # creates the optimizer states
     gc.collect()
-    resident = live_tensor_bytes()
     torch.distributed.barrier()
-    start = time.perf_counter()
-    peak = resident + cpu_peak_bytes(npedit_step)
-    seconds = time.perf_counter() - start
+    if on_gpu:                        # the CUDA allocator's own counts
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        npedit_step()
+        torch.cuda.synchronize()
+        seconds, peak = time.perf_counter() - start, torch.cuda.max_memory_allocated()
+    else:
+        resident = live_tensor_bytes()
+        start = time.perf_counter()
+        peak = resident + cpu_peak_bytes(npedit_step)
+        seconds = time.perf_counter() - start
     trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
                     for m in (engines.student.module, engines.fake.module) for p in m.parameters())
     out = Path(args.out)
@@ -108,7 +120,7 @@ def main(argv=None) -> int:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world_size": world, "resolution": args.resolution, "passes": args.passes,
         "resident_bytes": resident, "peak_bytes": peak, "step_seconds": seconds,
-        "trainable_params": trainable, "zero_stage": cfg.train.zero_stage}) + "\n")
+        "trainable_params": trainable, "zero_stage": cfg.train.zero_stage, "device": str(device)}) + "\n")
     torch.distributed.barrier()
     return 0
 

@@ -12,7 +12,8 @@
 # Stages continue after a failure; each has a time budget. Usage from the repo root:
 #   OUT=/some/dir bash kernels/run_device.sh            (PRETRAIN_S=0 skips the pretraining)
 # PRETRAIN=teacher,judge picks what is pretrained; STAGES=build,tests,plan,attention,answer_loss,csrc,step
-# picks the other stages (default: all). Processes sharing one GPU time-slice it: a launch-bound
+# picks the other stages (default: all of these); STAGES=...,zero3 adds the step through DeepSpeed's
+# ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed: carry its wheel). Processes sharing one GPU time-slice it: a launch-bound
 # toy-model pretraining runs several times slower beside another GPU process, so PRETRAIN_ALONE=1
 # runs the pretraining first, alone, and everything else after it.
 set -uo pipefail
@@ -93,6 +94,8 @@ has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_an
 has "$STAGES" answer_loss && stage answer_loss 60 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick
 has "$STAGES" csrc && stage csrc_time 60 $PY kernels/csrc/validate_and_time.py --no-compile --iters 30 --out "$RES/csrc.json"
 has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.py --benchmark --bench-device cuda --bench-quick \
+    --bench-out "$RES/bench" -q -p no:cacheprovider
+has "$STAGES" zero3 && stage bench_zero3 240 $PY -m pytest benchmarks/bench_zero3.py --benchmark --bench-device cuda \
     --bench-out "$RES/bench" -q -p no:cacheprovider
 pack
 echo "total $((SECONDS - T0)) s" | tee -a "$OUT/summary.txt"
