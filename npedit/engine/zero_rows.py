@@ -36,6 +36,14 @@ def is_partitioned(weight: torch.Tensor) -> bool:
     return weight.ds_status != ZeroParamStatus.AVAILABLE
 
 
+def _resident(part: torch.Tensor) -> bool:
+    """This rank's partition is in memory (CPU or GPU), not swapped out to NVMe."""
+    from deepspeed.runtime.zero.partition_parameters import PartitionedParamStatus
+
+    return getattr(part, "status", PartitionedParamStatus.AVAILABLE) == PartitionedParamStatus.AVAILABLE \
+        and part.numel() > 0
+
+
 def _union_of_ranks(rows: torch.Tensor, group) -> torch.Tensor:
     """Sorted union [U] of every rank's row ids (1-D int64, may differ in length across ranks)."""
     n = torch.tensor([rows.numel()], dtype=torch.int64, device=rows.device)
@@ -65,12 +73,17 @@ def gather_rows(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     union = _union_of_ranks(rows.reshape(-1).to(torch.int64), group)    # [U]
     if union.numel() and (int(union.min()) < 0 or int(union.max()) >= vocab):
         raise IndexError(f"gather_rows: row ids must be in [0, {vocab}), got {int(union.min())}..{int(union.max())}")
+    if not _resident(part):   # partition swapped out (NVMe offload): gather it the usual way
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight]):
+            return F.embedding(rows, weight.detach()).clone()
     size = part.ds_numel if hasattr(part, "ds_numel") else part.numel()
     start = size * dist.get_rank(group)
     flat = union[:, None] * dim + torch.arange(dim, device=device)       # [U, D] flat element ids
     mine = (flat >= start) & (flat < start + size)
     out = torch.zeros(union.numel(), dim, dtype=part.dtype, device=device)
-    out[mine] = part.to(device)[(flat[mine] - start)]
+    out[mine] = part[(flat[mine] - start).to(part.device)].to(device)   # only these elements move (CPU offload)
     dist.all_reduce(out, group=group)
     return out[torch.searchsorted(union, rows.to(torch.int64))]          # [..., D]
 
