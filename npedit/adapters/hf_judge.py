@@ -20,7 +20,7 @@ from npedit import ops
 from npedit.adapters.select import VLM_FAMILIES, detect_vlm, read_json
 from npedit.adapters.vlm_families import FAMILY_CLASSES, VLMFamily
 from npedit.config import ConfigError
-from npedit.engine.zero_rows import binary_answer_loss_rows
+from npedit.engine.zero_rows import binary_answer_loss_rows, gather_rows
 from npedit.method.questions import YES, Question
 
 YES_WORD, NO_WORD = "Yes", "No"
@@ -154,6 +154,37 @@ class AnswerHead(nn.Module):
         raise ValueError(f"AnswerHead: unknown mode {mode!r}")
 
 
+class RowEmbedding(nn.Module):
+    """A frozen token embedding that reads only the rows it is asked for (`zero_rows.gather_rows`), so
+    ZeRO-3 never gathers the whole table (1 GiB for a 152k x 3584 bf16 one). The table stays registered,
+    in `table`, an `nn.Embedding` that is never called (a called module's weights would be gathered)."""
+
+    row_gathered = ("table",)
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.table = embedding
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.table.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.table.embedding_dim
+
+    @property
+    def padding_idx(self):
+        return self.table.padding_idx
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return gather_rows(self.table.weight, input_ids)
+
+
 class JudgeModule(nn.Module):
     """The VLM plus the judge's forward. forward(...) -> loss [Q] fp32 (or Yes/No logits [Q, 2] for tests)."""
 
@@ -162,6 +193,8 @@ class JudgeModule(nn.Module):
         self.vlm = vlm
         self.family = family
         self.answer = AnswerHead(vlm.get_output_embeddings())
+        if type(vlm.get_input_embeddings()) is nn.Embedding:   # a plain table (no scaling subclass)
+            vlm.set_input_embeddings(RowEmbedding(vlm.get_input_embeddings()))
         import deepspeed
 
         for param in family.external_parameters(vlm):
