@@ -82,6 +82,8 @@ def model_sizes(sn, answer_loss: str = "binary") -> list[ModelSize]:
     roles = {"student": sn.student, "fake": sn.fake, "real": sn.real, **sn.frozen}
     for role, module in roles.items():
         rows = _row_gathered(module, answer_loss)
+        if role == "vlm" and hasattr(module, "vlm") and answer_loss == "binary":
+            rows.add(id(module.vlm.get_output_embeddings()))   # JudgeModule: the Yes/No loss reads two head rows
         leaf = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()
                     if id(m) not in rows), default=0)
         buffers = sum(b.numel() * b.element_size() for b in module.buffers())
