@@ -21,6 +21,18 @@ def straight_run(tmp_path_factory):
     return out
 
 
+def assert_same_training(expected_run, run, step: int = 4) -> None:
+    """Same losses at every step (rel 1e-4) and the same exported student weights at `step`."""
+    for a, b in zip(read_metrics(expected_run), read_metrics(run)):
+        for key in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake"):
+            if a.get(key) is not None:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    wa = load_file(expected_run / f"checkpoints/step_{step}/export/student/model.safetensors")
+    wb = load_file(run / f"checkpoints/step_{step}/export/student/model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-6)
+
+
 def test_run_writes_metrics_samples_and_complete_checkpoints(straight_run):
     rows = read_metrics(straight_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -74,16 +86,8 @@ def test_eval_cli_scores_the_chosen_categories(straight_run, tmp_path):
 def test_resume_matches_a_straight_run(straight_run, tmp_path):
     train(tmp_path, "--max_steps", "2")
     train(tmp_path, "--max_steps", "4", "--resume")
-    straight, resumed = read_metrics(straight_run), read_metrics(tmp_path)
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-    for a, b in zip(straight, resumed):
-        for key in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake"):
-            if a.get(key) is not None:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    wa = load_file(straight_run / "checkpoints/step_4/export/student/model.safetensors")
-    wb = load_file(tmp_path / "checkpoints/step_4/export/student/model.safetensors")
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert_same_training(straight_run, tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["selective", "full"])
@@ -91,14 +95,7 @@ def test_checkpointing_under_zero3_trains_like_keeping_every_activation(straight
     """The DeepSpeed ZeRO-3 engines gather weights inside checkpointed blocks, differently in forward
     and in the recompute; the run must still match the straight run (checkpointing none) step by step."""
     train(tmp_path, "--max_steps", "4", "--set", f"student.checkpointing={mode}")
-    for a, b in zip(read_metrics(straight_run), read_metrics(tmp_path)):
-        for key in ("loss_student", "loss_vlm", "loss_dmd", "loss_fake"):
-            if a.get(key) is not None:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    wa = load_file(straight_run / "checkpoints/step_4/export/student/model.safetensors")
-    wb = load_file(tmp_path / "checkpoints/step_4/export/student/model.safetensors")
-    for name in wa:
-        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-6)
+    assert_same_training(straight_run, tmp_path)
 
 
 def test_keeps_only_the_latest_checkpoints_and_refuses_to_overwrite(tmp_path):
