@@ -188,6 +188,8 @@ class RowEmbedding(nn.Module):
 class JudgeModule(nn.Module):
     """The VLM plus the judge's forward. forward(...) -> loss [Q] fp32 (or Yes/No logits [Q, 2] for tests)."""
 
+    answer_rows = ("answer_head",)   # the Yes/No answer loss reads two rows of it (zero_rows), never the whole
+
     def __init__(self, vlm: nn.Module, family: VLMFamily):
         super().__init__()
         self.vlm = vlm
@@ -199,6 +201,11 @@ class JudgeModule(nn.Module):
 
         for param in family.external_parameters(vlm):
             deepspeed.zero.register_external_parameter(self, param)  # used here, outside their modules' forward
+
+    @property
+    def answer_head(self) -> nn.Module:
+        """The VLM's LM head (registered in the VLM, read by the answer losses)."""
+        return self.vlm.get_output_embeddings()
 
     def answer_hidden(self, edited: torch.Tensor, refs: torch.Tensor, slots: list[tuple[tuple[str, int], ...]],
                       input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -224,7 +231,7 @@ class JudgeModule(nn.Module):
         """mode binary: -log sigmoid(scale (l_first - l_second)); vocab: CE on first_ids; logits: [Q, 2]."""
         hidden = self.answer_hidden(edited, refs, slots, input_ids, attention_mask, answer_pos)
         if mode == "binary":   # two rows of the head: read them without calling AnswerHead (no whole-head gather)
-            return binary_answer_loss_rows(hidden, self.answer._lm_head[0].weight, first_ids, second_ids, scale)
+            return binary_answer_loss_rows(hidden, self.answer_head.weight, first_ids, second_ids, scale)
         return self.answer(hidden, first_ids, second_ids, scale, mode)
 
 

@@ -67,7 +67,7 @@ class StepProfile:
 def _row_gathered(module: nn.Module, answer_loss: str) -> set[int]:
     """ids of the sub-modules whose table is read row by row (`npedit.engine.zero_rows`), never gathered
     whole: the ones a module names in `row_gathered` (the built-in token embeddings), and with the
-    Yes/No answer loss those in `answer_rows` (the built-in judge's LM head)."""
+    Yes/No answer loss those in `answer_rows` (the LM head of the built-in and Hugging Face judges)."""
     ids = set()
     for m in module.modules():
         names = tuple(getattr(m, "row_gathered", ()))
@@ -82,16 +82,14 @@ def model_sizes(sn, answer_loss: str = "binary") -> list[ModelSize]:
     roles = {"student": sn.student, "fake": sn.fake, "real": sn.real, **sn.frozen}
     for role, module in roles.items():
         rows = _row_gathered(module, answer_loss)
-        if role == "vlm" and hasattr(module, "vlm") and answer_loss == "binary":
-            rows.add(id(module.vlm.get_output_embeddings()))   # JudgeModule: the Yes/No loss reads two head rows
         leaf = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()
                     if id(m) not in rows), default=0)
         buffers = sum(b.numel() * b.element_size() for b in module.buffers())
         external = 0
-        if role == "vlm" and hasattr(module, "vlm") and answer_loss == "vocab":
+        if role == "vlm" and hasattr(module, "answer_head") and answer_loss == "vocab":
             # JudgeModule: the vocabulary loss gathers the LM head around the loss (the Yes/No loss reads
             # its two rows only)
-            external = module.vlm.get_output_embeddings().weight.numel()
+            external = module.answer_head.weight.numel()
         sizes.append(ModelSize(role, param_count(module), buffers, leaf, external, role in ("student", "fake")))
     return sizes
 
