@@ -1,10 +1,11 @@
-"""`npedit pretrain teacher|judge --world shapes --out DIR`: reproduce the shapes world's toy models.
+"""`npedit pretrain teacher|judge|text --world shapes --out DIR`: reproduce the shapes world's toy models.
 
     npedit pretrain teacher --world shapes --out npedit/assets/shapes   # teacher/ + text_encoder/
     npedit pretrain judge --world shapes --out npedit/assets/shapes     # judge/
+    npedit pretrain text --world shapes --out runs/text                 # text_encoder/ alone (caption parsing)
 
-Both write a JSON report (teacher: caption faithfulness of its samples; judge: held-out accuracy per
-question type) and a PNG next to the weights.
+Each writes a JSON report (teacher: caption faithfulness of its samples, and a PNG; judge: held-out
+accuracy per question type, and a PNG; text: held-out caption-parsing accuracy).
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ import sys
 from dataclasses import fields
 
 
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
 def _add_config_flags(p: argparse.ArgumentParser, config_cls) -> None:
     for f in fields(config_cls):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=None, help=f"(default {f.default})")
+        kind = _bool if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name}", type=kind, default=None, help=f"(default {f.default})")
 
 
 def _config_from(args: argparse.Namespace, config_cls):
@@ -27,11 +35,13 @@ def _config_from(args: argparse.Namespace, config_cls):
 def main(argv=None) -> int:
     from npedit.pretrain.judge import JudgeConfig
     from npedit.pretrain.teacher import TeacherConfig
+    from npedit.pretrain.text import TextPretrainConfig
 
     p = argparse.ArgumentParser(prog="npedit pretrain", description="Pretrain a toy model of the shapes world.")
     sub = p.add_subparsers(dest="what", required=True)
     for name, config_cls, text in (("teacher", TeacherConfig, "text-to-image flow teacher + its text encoder"),
-                                   ("judge", JudgeConfig, "VLM judge on generic yes/no visual questions")):
+                                   ("judge", JudgeConfig, "VLM judge on generic yes/no visual questions"),
+                                   ("text", TextPretrainConfig, "text encoder alone, trained to parse captions")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--world", default="shapes", choices=["shapes"], help="only the shapes world has toy models")
         sp.add_argument("--out", required=True, help="folder for the model folder(s), report JSON and PNG")
@@ -43,6 +53,10 @@ def main(argv=None) -> int:
             from npedit.pretrain.teacher import train_teacher
             report = train_teacher(_config_from(args, TeacherConfig), args.out, args.threads)
             print(json.dumps(report["faithfulness"], indent=2))
+        elif args.what == "text":
+            from npedit.pretrain.text import train_text_encoder
+            report = train_text_encoder(_config_from(args, TextPretrainConfig), args.out, args.threads)
+            print(json.dumps(report["parse"], indent=2))
         else:
             from npedit.pretrain.judge import train_judge
             report = train_judge(_config_from(args, JudgeConfig), args.out, args.threads)

@@ -1,5 +1,7 @@
 """The shapes world's text-to-image teacher: a text-only FlowDiT trained by flow matching on
-(render(scene), caption(scene)), jointly with its text encoder (frozen afterwards).
+(render(scene), caption(scene)), jointly with its text encoder (frozen afterwards), or on top of an
+encoder pretrained alone (`text_encoder`, from `npedit pretrain text`), trained further or frozen
+(`train_text`).
 
 Text goes through exactly the path the trainer uses (`BuiltinDiffusion.encode_text`): the word
 tokenizer, padded to max_length, then the TextEncoder. A caption is replaced by the method's
@@ -55,6 +57,8 @@ class TeacherConfig:
     cfg_scale: float = 3.5
     save_every: int = 500         # intermediate EMA weights (0 = only at the end)
     init_from: str = ""           # continue from a folder holding teacher/ and text_encoder/ ("" = fresh)
+    text_encoder: str = ""        # start the text encoder from this TextEncoder folder (`npedit pretrain text`)
+    train_text: bool = True       # False: the text encoder stays frozen (only the DiT trains)
     device: str = "cpu"           # cpu | cuda | auto (the weights are evaluated and saved on the CPU)
     workers: int = 0              # processes rendering batches (0 = in this process: bit-reproducible)
     max_seconds: float = 0.0      # stop after this much training time (0 = steps only); the LR still decays
@@ -167,6 +171,22 @@ def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT
     return dit, encoder, codec
 
 
+def load_text_encoder(cfg: TeacherConfig, tokenizer: WordTokenizer) -> TextEncoder:
+    """The TextEncoder folder `cfg.text_encoder`, checked against the teacher's text width, length and vocabulary."""
+    folder = Path(cfg.text_encoder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"text_encoder={cfg.text_encoder}: no TextEncoder folder (config.json) there; "
+                                f"make one with `npedit pretrain text --out DIR` (DIR/text_encoder)")
+    encoder = TextEncoder.from_pretrained(folder)
+    if encoder.config.dim != cfg.text_dim or encoder.config.max_length < cfg.max_length:
+        raise ValueError(f"text_encoder={cfg.text_encoder}: dim {encoder.config.dim} and max_length "
+                         f"{encoder.config.max_length} do not fit the teacher's text_dim {cfg.text_dim} and "
+                         f"max_length {cfg.max_length}")
+    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
+        raise ValueError(f"text_encoder={cfg.text_encoder}: its tokenizer differs from the shapes world's")
+    return encoder
+
+
 def _save(out: Path, dit: FlowDiT, encoder: TextEncoder, tokenizer: WordTokenizer) -> None:
     for folder, model in (("teacher", dit), ("text_encoder", encoder)):
         model.save_pretrained(out / folder)
@@ -186,9 +206,12 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
         encoder = TextEncoder.from_pretrained(Path(cfg.init_from) / "text_encoder").train()
         if WordTokenizer.from_pretrained(Path(cfg.init_from) / "text_encoder").vocab != tokenizer.vocab:
             raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the shapes world's")
+    if cfg.text_encoder:
+        encoder = load_text_encoder(cfg, tokenizer)
+    encoder.train(cfg.train_text).requires_grad_(cfg.train_text)
     device = pick_device(cfg.device)
     dit, encoder = dit.to(device), encoder.to(device)
-    params = list(dit.parameters()) + list(encoder.parameters())
+    params = list(dit.parameters()) + (list(encoder.parameters()) if cfg.train_text else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema_dit, ema_enc = EMA(dit, cfg.ema), EMA(encoder, cfg.ema)
     text = TextConditioner(tokenizer, encoder, cfg.max_length)
@@ -211,7 +234,8 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema_dit.update(dit, step)
-        ema_enc.update(encoder, step)
+        if cfg.train_text:
+            ema_enc.update(encoder, step)
         running.update(loss)
         step += 1
         bar.update(1)
