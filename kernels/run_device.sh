@@ -15,7 +15,9 @@
 # picks the other stages (default: all of these); STAGES=...,zero3 adds the step through DeepSpeed's
 # ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed: carry its wheel). Processes sharing one GPU time-slice it: a launch-bound
 # toy-model pretraining runs several times slower beside another GPU process, so PRETRAIN_ALONE=1
-# runs the pretraining first, alone, and everything else after it.
+# runs the pretraining first, alone, and everything else after it. TEACHER_TEXT=joint (default: the
+# text encoder trains with the teacher from scratch) | frozen | finetune (both start from an encoder
+# pretrained alone on caption parsing, `npedit pretrain text`, about 90 s on one CPU core first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/runs/device}"
@@ -27,6 +29,7 @@ unset NPEDIT_OPS
 PY="${PYTHON:-python3}"
 PRETRAIN_S="${PRETRAIN_S:-150}"
 PRETRAIN="${PRETRAIN:-teacher,judge}"
+TEACHER_TEXT="${TEACHER_TEXT:-joint}"
 STAGES="${STAGES:-build,tests,plan,attention,answer_loss,csrc,step}"
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
 T0=$SECONDS
@@ -68,7 +71,12 @@ TEACHER=""; JUDGE=""
 if [ "$PRETRAIN_S" -gt 0 ]; then
     # reference ops for the toy models (fp32, tiny): the pretraining does not depend on the kernels under test
     if has "$PRETRAIN" teacher; then
-        NPEDIT_OPS=ref timeout $((PRETRAIN_S + 120)) $PY -m npedit.pretrain.cli teacher --out "$PRE/assets" \
+        TEXT_ARGS=()
+        if [ "$TEACHER_TEXT" != "joint" ]; then
+            NPEDIT_OPS=ref timeout 300 $PY -m npedit.pretrain.cli text --out "$PRE/text" > "$PRE/text.log" 2>&1
+            TEXT_ARGS=(--text_encoder "$PRE/text/text_encoder" --train_text "$([ "$TEACHER_TEXT" = finetune ] && echo true || echo false)")
+        fi
+        NPEDIT_OPS=ref timeout $((PRETRAIN_S + 120)) $PY -m npedit.pretrain.cli teacher --out "$PRE/assets" ${TEXT_ARGS[@]+"${TEXT_ARGS[@]}"} \
             --device cuda --workers 6 --batch_size 128 --steps 40000 --warmup 200 --ema 0.999 \
             --max_seconds "$PRETRAIN_S" --save_every 2000 --threads 4 > "$PRE/teacher.log" 2>&1 &
         TEACHER=$!
