@@ -4,8 +4,8 @@ No edit pairs: the student warm-starts from the shipped toy teacher and trains a
 toy judge and the teacher's distribution (DMD), as the README's main command does, restricted to
 one category and a small budget so it fits in CI. Background edits are the category a short run
 learns most surely: every teacher so far renders backgrounds right (objects: 57% of the shipped
-teacher's samples, 0.5% of the previous one's; see experiments/shapes/teacher_parsing_text). The oracle scores the
-same held-out edits before and after training (fixed seeds).
+teacher's samples, 0.5% of the previous one's; see experiments/shapes/teacher_parsing_text).
+The oracle scores the same held-out edits before and after training (fixed seeds).
 """
 import json
 

@@ -1,8 +1,10 @@
 """`npedit pretrain teacher|judge|text --world shapes --out DIR`: reproduce the shapes world's toy models.
 
-    npedit pretrain teacher --world shapes --out npedit/assets/shapes   # teacher/ + text_encoder/
     npedit pretrain judge --world shapes --out npedit/assets/shapes     # judge/
-    npedit pretrain text --world shapes --out runs/text                 # text_encoder/ alone (caption parsing)
+    # the shipped teacher: its text encoder alone (caption parsing), then the teacher on it, frozen
+    npedit pretrain text --world shapes --out runs/text                 # text_encoder/
+    npedit pretrain teacher --world shapes --out npedit/assets/shapes \
+        --text_encoder runs/text/text_encoder --train_text false --steps 6000   # teacher/ + text_encoder/
 
 Each writes a JSON report (teacher: caption faithfulness of its samples, and a PNG; judge: held-out
 accuracy per question type, and a PNG; text: held-out caption-parsing accuracy).

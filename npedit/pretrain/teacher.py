@@ -171,6 +171,12 @@ def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT
     return dit, encoder, codec
 
 
+def check_vocabulary(folder: Path, tokenizer: WordTokenizer, what: str) -> None:
+    """ValueError unless the tokenizer saved in `folder` has the shapes world's vocabulary."""
+    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
+        raise ValueError(f"{what}: its tokenizer differs from the shapes world's")
+
+
 def load_text_encoder(cfg: TeacherConfig, tokenizer: WordTokenizer) -> TextEncoder:
     """The TextEncoder folder `cfg.text_encoder`, checked against the teacher's text width, length and vocabulary."""
     folder = Path(cfg.text_encoder)
@@ -182,8 +188,7 @@ def load_text_encoder(cfg: TeacherConfig, tokenizer: WordTokenizer) -> TextEncod
         raise ValueError(f"text_encoder={cfg.text_encoder}: dim {encoder.config.dim} and max_length "
                          f"{encoder.config.max_length} do not fit the teacher's text_dim {cfg.text_dim} and "
                          f"max_length {cfg.max_length}")
-    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
-        raise ValueError(f"text_encoder={cfg.text_encoder}: its tokenizer differs from the shapes world's")
+    check_vocabulary(folder, tokenizer, f"text_encoder={cfg.text_encoder}")
     return encoder
 
 
@@ -204,8 +209,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log
     if cfg.init_from:
         dit = FlowDiT.from_pretrained(Path(cfg.init_from) / "teacher").train()
         encoder = TextEncoder.from_pretrained(Path(cfg.init_from) / "text_encoder").train()
-        if WordTokenizer.from_pretrained(Path(cfg.init_from) / "text_encoder").vocab != tokenizer.vocab:
-            raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the shapes world's")
+        check_vocabulary(Path(cfg.init_from) / "text_encoder", tokenizer, f"init_from={cfg.init_from}")
     if cfg.text_encoder:
         encoder = load_text_encoder(cfg, tokenizer)
     encoder.train(cfg.train_text).requires_grad_(cfg.train_text)
