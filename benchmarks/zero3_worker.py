@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from npedit.build import ModelPlan
     from npedit.config import apply_overrides
-    from npedit.engine.distributed import init_distributed
+    from npedit.engine.distributed import init_distributed, shutdown_distributed
     from npedit.engine.ds_config import base_ds_config, load_ds_json
     from npedit.engine.engines import build_engines
     from npedit.method.step import fake_score_loss, npedit_student_loss, student_samples
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         "rank": rank, "world_size": world, "resolution": args.resolution, "passes": args.passes,
         "resident_bytes": resident, "peak_bytes": peak, "step_seconds": seconds,
         "trainable_params": trainable, "zero_stage": cfg.train.zero_stage, "device": str(device)}) + "\n")
-    torch.distributed.barrier()
+    shutdown_distributed()
     return 0
 
 

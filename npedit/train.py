@@ -43,6 +43,7 @@ def main(argv=None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
+        from npedit.engine.distributed import shutdown_distributed
         from npedit.engine.ds_config import load_ds_json
         from npedit.trainer import Trainer
 
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     last = trainer.run()
     if trainer.rank == 0:
         print(json.dumps({k: v for k, v in last.items() if k in ("step", "loss_vlm", "loss_dmd", "loss_fake")}))
+    shutdown_distributed()
     return 0
 
 

@@ -40,6 +40,17 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def shutdown_distributed() -> None:
+    """End of a run that finished on every rank: wait for the others, then destroy the process group.
+
+    Left to interpreter exit, gloo's worker threads can outlive Python and abort the process
+    ("terminate called without an active exception") after all the work is done. Call this only on
+    the success path: a rank that raised must not enter a collective its peers never reach."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

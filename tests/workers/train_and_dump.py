@@ -12,6 +12,7 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
 from npedit.config import apply_overrides  # noqa: E402
+from npedit.engine.distributed import shutdown_distributed  # noqa: E402
 from npedit.presets import get_preset  # noqa: E402
 from npedit.trainer import Trainer  # noqa: E402
 
@@ -41,6 +42,7 @@ def main() -> None:
              "fake": rank_state(trainer.engines.fake.module), "last": last,
              "world_size": trainer.world, "reduce_buckets": reduce_buckets(trainer.engines.student)}
     torch.save(state, out / f"params_rank{trainer.rank}.pt")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

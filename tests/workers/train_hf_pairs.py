@@ -17,6 +17,7 @@ import torch
 
 import npedit.trainer as trainer_module
 from npedit.config import apply_overrides
+from npedit.engine.distributed import shutdown_distributed
 from npedit.presets import get_preset
 
 LOADED: dict = {}
@@ -75,8 +76,7 @@ def main() -> None:
                   "student": student_digest(trainer.engines.student.module)}
         (run_dir / f"result_rank{trainer.rank}.json").write_text(json.dumps(result))
         del trainer
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from npedit import ops  # noqa: E402
-from npedit.engine.distributed import init_distributed  # noqa: E402
+from npedit.engine.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from npedit.engine.zero_rows import binary_answer_loss_rows, gather_rows, is_partitioned  # noqa: E402
 
 V, D = 1001, 23   # V * D = 23023, divisible by neither 2 nor 3: the last partition is padded
@@ -58,6 +58,7 @@ def main() -> None:
                 "loss_ref": loss_ref.detach(), "grad": grad, "grad_ref": grad_ref,
                 "partitioned": partitioned_before and is_partitioned(embed) and is_partitioned(head)},
                out / f"rank{rank}.pt")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
