@@ -119,7 +119,43 @@ def markdown(summary: dict, seeds: list[int], n_examples: int, budget: str) -> s
             verdict = "met" if ratio >= 0.9 else "NOT met"
             lines.append(f"- {metric}: NP-Edit {100 * ours:.1f}% / supervised {100 * sup:.1f}% = {ratio:.2f} "
                          f"({verdict if metric != 'exact' else 'for reference'})")
+    lines += ablation_lines(summary)
     return "\n".join(lines) + "\n"
+
+
+def clearly_below(ours: tuple[float, float], theirs: tuple[float, float]) -> bool:
+    """`theirs` mean is below `ours` by more than the two seed-stds together."""
+    return ours[0] - theirs[0] > ours[1] + theirs[1]
+
+
+def ablation_lines(summary: dict) -> list[str]:
+    """The paper's other claim: DMD-only and VLM-only are clearly worse than NP-Edit."""
+    if "npedit" not in summary:
+        return []
+    lines = ["", "Ablations (paper: clearly worse than NP-Edit). Clearly worse here = below NP-Edit by more than "
+             "the two seed-stds together, in success or in preservation.", ""]
+    ours = summary["npedit"]["overall"]
+    for method in ("dmd_only", "vlm_only"):
+        if method not in summary:
+            continue
+        theirs = summary[method]["overall"]
+        worse = [m for m in ("success", "preservation") if clearly_below(ours[m], theirs[m])]
+        better = [m for m in ("success", "preservation") if clearly_below(theirs[m], ours[m])]
+        verdict = ("clearly worse in " + " and ".join(worse)) if worse else "not clearly worse"
+        if better:
+            verdict += "; clearly better in " + " and ".join(better)
+        lines.append(f"- {LABELS[method]}: success {_pct(theirs['success'])} vs {_pct(ours['success'])}, "
+                     f"preservation {_pct(theirs['preservation'])} vs {_pct(ours['preservation'])}: {verdict}")
+    return lines
+
+
+def teacher_line(runs: Path) -> str:
+    """Which teacher the runs started from, as run.py recorded it when it launched them."""
+    path = runs / "teacher.json"
+    if not path.is_file():
+        return "Teacher: not recorded (runs made before run.py wrote teacher.json)."
+    t = json.loads(path.read_text())
+    return f"Teacher: `{t['path']}` ({t['weights']} sha256 {t['sha256'][:12]})."
 
 
 def bar_chart(summary: dict, path: Path) -> None:
@@ -207,7 +243,7 @@ def main(argv=None) -> int:
         t = cfg["train"]
         budget = (f"Budget per method: {t['max_steps']} steps of batch {cfg['data']['batch_size']} "
                   f"({t['warmup_stage_steps']} of them reference-copy warm-up for the NP-Edit runs; the supervised "
-                  f"baseline spends all of them on true pairs).")
+                  f"baseline spends all of them on true pairs). {teacher_line(runs)}")
     (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "summary": summary,
                                                   "runs": reports}, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(summary, args.seeds, n, budget))

@@ -10,6 +10,7 @@ the command resumes), then report.py writes RESULTS.md, results.json and the fig
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -38,6 +39,25 @@ def command(method: str, seed: int, out: Path, overrides: list[str], threads: in
     extra = [a for o in METHODS[method] for a in ("--set", o)]
     return [sys.executable, str(REPO / "npedit" / "train.py"), "--preset", "shapes", "--output_dir", str(out),
             "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *extra, *sets]
+
+
+def record_teacher(root: Path, overrides: list[str]) -> None:
+    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), for the report."""
+    sys.path.insert(0, str(REPO))
+    from npedit.config import apply_overrides
+    from npedit.presets import get_preset
+
+    folder = Path(apply_overrides(get_preset("shapes"), overrides).student.pretrained)
+    weights = sorted(folder.glob("*.safetensors"))[0]
+    try:
+        shown = str(folder.relative_to(REPO))
+    except ValueError:
+        shown = str(folder)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    path = root / "teacher.json"
+    if path.is_file() and json.loads(path.read_text())["sha256"] != digest:
+        raise SystemExit(f"{root} holds runs from another teacher ({path}); use a new --out")
+    path.write_text(json.dumps({"path": shown, "weights": weights.name, "sha256": digest}) + "\n")
 
 
 def finished(out: Path) -> bool:
@@ -79,6 +99,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    record_teacher(root, args.overrides)
     threads = max(1, 2 // args.jobs)
     # the slowest runs first, so the parallel slots finish together
     jobs = [(m, s) for m in sorted(args.methods, key=lambda m: METHODS[m] is None) for s in args.seeds]

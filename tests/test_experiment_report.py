@@ -1,0 +1,71 @@
+"""The shapes experiment's bookkeeping: the report's target and ablation verdicts, and the teacher record."""
+import json
+import shutil
+import sys
+
+import pytest
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "experiments" / "shapes"))
+import report  # noqa: E402
+import run as experiment  # noqa: E402
+
+CATEGORIES = ("color", "background")
+
+
+def write_report(folder, key_scores: dict[str, tuple[float, float]]) -> None:
+    """oracle_report.json with `key -> (success, preservation)` ("before" / "after")."""
+    folder.mkdir(parents=True)
+    data = {}
+    for key, (success, preservation) in key_scores.items():
+        scores = {"n": 10, "success": success, "preservation": preservation, "exact": min(success, preservation),
+                  "pixel_mae": 0.1}
+        data[key] = {"num_examples": 20, "overall": scores, "per_category": {c: scores for c in CATEGORIES}}
+    (folder / "oracle_report.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """3 seeds. NP-Edit 0.50-0.60 success; supervised 0.60; DMD-only equal to NP-Edit; VLM-only far below."""
+    for seed, jitter in enumerate((0.0, 0.05, 0.10)):
+        write_report(tmp_path / f"npedit_s{seed}", {"before": (0.1, 0.1), "after": (0.5 + jitter, 0.5 + jitter)})
+        write_report(tmp_path / f"dmd_only_s{seed}", {"after": (0.5 + jitter, 0.5 + jitter)})
+        write_report(tmp_path / f"vlm_only_s{seed}", {"after": (0.1, 0.5 + jitter)})
+        write_report(tmp_path / f"supervised_s{seed}", {"after": (0.6, 0.5)})
+    return tmp_path
+
+
+def test_report_states_the_targets_and_which_ablations_are_clearly_worse(runs):
+    summary = report.summarise(report.load_reports(runs, [0, 1, 2]))
+    assert summary["untrained"]["overall"]["success"][0] == pytest.approx(0.1)
+    text = report.markdown(summary, [0, 1, 2], 20, "")
+    assert "- success: NP-Edit 55.0% / supervised 60.0% = 0.92 (met)" in text
+    assert "- preservation: NP-Edit 55.0% / supervised 50.0% = 1.10 (met)" in text
+    ablations = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- ") and "only" in line}
+    assert ablations["- DMD only (vlm_weight=0)"].endswith("not clearly worse")
+    assert ablations["- VLM only (dmd_weight=0)"].endswith("clearly worse in success")
+
+
+def test_clearly_below_needs_more_than_the_seed_spread():
+    assert report.clearly_below((0.5, 0.05), (0.3, 0.1))
+    assert not report.clearly_below((0.5, 0.1), (0.35, 0.1))
+    assert not report.clearly_below((0.3, 0.0), (0.5, 0.0))
+
+
+def test_teacher_record_refuses_a_folder_of_runs_from_another_teacher(runs, tmp_path_factory):
+    teacher = tmp_path_factory.mktemp("teacher")
+    shutil.copytree(REPO / "npedit" / "assets" / "shapes" / "teacher", teacher, dirs_exist_ok=True)
+    experiment.record_teacher(runs, [f"student.pretrained={teacher}"])
+    recorded = json.loads((runs / "teacher.json").read_text())
+    assert recorded["weights"] == "model.safetensors" and len(recorded["sha256"]) == 64
+    assert f"sha256 {recorded['sha256'][:12]}" in report.teacher_line(runs)
+    experiment.record_teacher(runs, [f"student.pretrained={teacher}"])   # same teacher: a resume is fine
+    (teacher / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(SystemExit, match="another teacher"):
+        experiment.record_teacher(runs, [f"student.pretrained={teacher}"])
+    assert json.loads((runs / "teacher.json").read_text()) == recorded
+
+
+def test_report_without_a_teacher_record_says_so(tmp_path):
+    assert "not recorded" in report.teacher_line(tmp_path)
