@@ -99,7 +99,7 @@ wait_pretraining
 # ---- phase B: the GPU is quiet from here on ----------------------------------------------------------
 has "$STAGES" attention && stage attention_sweep 90 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
 has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_and_time.py --tiles "$RES/attention_tiles.json" --out "$RES/attention.json"
-has "$STAGES" answer_loss && stage answer_loss 60 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick
+has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
 has "$STAGES" csrc && stage csrc_time 60 $PY kernels/csrc/validate_and_time.py --no-compile --iters 30 --out "$RES/csrc.json"
 has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.py --benchmark --bench-device cuda --bench-quick \
     --bench-out "$RES/bench" -q -p no:cacheprovider

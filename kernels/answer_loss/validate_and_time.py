@@ -141,10 +141,61 @@ def time_all(questions) -> list[dict]:
     return rows
 
 
+def sweep_bwd_block_v(tiles_vk=((64, 64), (128, 64), (256, 32)), num_q: int = 8) -> list[dict]:
+    """The backward's vocabulary tile: it issues (V / BLOCK_V) x BLOCK_Q x D fp32 atomics into dh
+    (kernels/NOTES.md), so a wider tile means fewer. Per BLOCK_V: d_hidden against float64 (the
+    tests' rule), then fwd+bwd median ms. The shipped choice is (BLOCK_V, BLOCK_K) = (64, 64); the
+    others are the widest that compile for sm_90 at 8 warps without spills (kernels/NOTES.md v4)."""
+    import triton
+
+    from npedit.ops.triton import answer_loss as kernels
+
+    shipped = kernels._vocab_config
+    torch.manual_seed(0)
+    w = (0.02 * torch.randn(VOCAB, DIM, device="cuda")).to(torch.bfloat16)
+    h = torch.randn(num_q, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    ids = torch.randint(0, VOCAB, (num_q,), device="cuda")
+    h64 = h.detach().double().requires_grad_()
+    (truth,) = torch.autograd.grad(ops.vocab_answer_loss_ref(h64, w.double(), ids).sum(), h64)
+    h16 = h.detach().requires_grad_()
+    (ref_bf16,) = torch.autograd.grad(ops.vocab_answer_loss_ref(h16, w, ids).sum(), h16)
+    ref_err = max_err(ref_bf16, truth)
+    bound = 2 * ref_err + 1e-3 + 1e-3 * float(truth.abs().max())
+    rows = []
+    for block_v, block_k in tiles_vk:
+        def tiles(num_q, vocab, device, fp32=False, backward=False, weight_grad=False, _bv=block_v, _bk=block_k):
+            cfg = shipped(num_q, vocab, device, fp32=fp32, backward=backward, weight_grad=weight_grad)
+            if backward and not fp32:
+                v_tiles = triton.cdiv(vocab, _bv)
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                splits = max(1, min(v_tiles, (4 * sms) // triton.cdiv(num_q, cfg["BLOCK_Q"])))
+                cfg.update(BLOCK_V=_bv, BLOCK_K=_bk, tiles_per_split=triton.cdiv(v_tiles, splits))
+            return cfg
+
+        kernels._vocab_config = tiles
+        row = dict(Q=num_q, D=DIM, V=VOCAB, bwd_block_v=block_v, bwd_block_k=block_k, atomics_dh=-(-VOCAB // block_v) * 16 * DIM)  # BLOCK_Q = 16 at Q <= 16
+        try:
+            (ours,) = torch.autograd.grad(ops.vocab_answer_loss(h, w, ids).sum(), h)
+            err = max_err(ours, truth)
+            row.update(d_hidden_err=err, bound=bound, ok=err <= bound)
+            if row["ok"]:
+                _, row["fwd_bwd_ms"], _ = _bench(lambda hh, ww, ii: ops.vocab_answer_loss(hh, ww, ii), h, w, ids)
+        except Exception as exc:  # noqa: BLE001 - a tile that does not compile is recorded, not fatal
+            row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        finally:
+            kernels._vocab_config = shipped
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="answer_loss.json")
     parser.add_argument("--quick", action="store_true", help="Q = 8 only")
+    parser.add_argument("--sweep_bwd", action="store_true",
+                        help="also time the vocab backward with (BLOCK_V, BLOCK_K) = (64, 64) (shipped), "
+                             "(128, 64), (256, 32)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -155,6 +206,8 @@ def main() -> int:
     ok = all(r["ok"] for r in report["validation"])
     if ok:
         report["timings"] = time_all([8] if args.quick else [8, 64])
+        if args.sweep_bwd:
+            report["bwd_block_v_sweep"] = sweep_bwd_block_v()
     else:
         print("validation failed: not timing")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
