@@ -114,6 +114,10 @@ class MethodConfig:
     dmd_weight: float = 1.0
     nothing_weight: float = 1.0
     nothing_prob: float = 0.01
+    # stage 0: the share of samples prompted with the reference's caption (the paper's); the others get
+    # the do-nothing instruction. A world whose captions pin the image down (shapes) needs the latter,
+    # or the student learns to draw the caption and never to copy the reference.
+    warmup_caption_prob: float = 1.0
     tau_start: float = 0.1        # tau(step) = min(1, tau_start + (1 - tau_start) step / tau_ramp_steps)
     tau_ramp_steps: int = 2000
     cfg_scale: float = 3.5
@@ -140,6 +144,8 @@ class MethodConfig:
             raise ConfigError(f"method.question_style must be instruction|caption, got {self.question_style!r}")
         if self.fake_updates < 0:
             raise ConfigError("method.fake_updates must be >= 0")
+        if not 0 <= self.warmup_caption_prob <= 1:
+            raise ConfigError(f"method.warmup_caption_prob must be in [0, 1], got {self.warmup_caption_prob}")
 
 
 @dataclass

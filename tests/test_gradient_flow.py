@@ -130,3 +130,36 @@ def test_checkpointing_through_the_unroll_gives_the_same_gradients():
     for mode in ("full", "selective"):
         for name, g in grads["none"].items():
             torch.testing.assert_close(grads[mode][name], g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("caption_prob", [1.0, 0.0, 0.5])
+def test_warmup_prompts_the_caption_or_the_do_nothing_instruction(caption_prob):
+    """Stage 0 encodes the reference's caption for a share method.warmup_caption_prob of the samples
+    and the do-nothing instruction for the rest; the target is always the reference."""
+    from npedit.method.questions import DO_NOTHING
+    from npedit.method.step import warmup_loss
+
+    cfg, _, nets, batch = _setup([f"method.warmup_caption_prob={caption_prob}"])
+    seen = []
+    encode = nets.diffusion.encode_text
+    nets.diffusion.encode_text = lambda prompts: seen.append(list(prompts)) or encode(prompts)
+    prompts = []
+    for step in range(8):
+        loss, _ = warmup_loss(nets, batch, step, cfg, rank=0)
+        assert torch.isfinite(loss)
+        prompts += [(p, c) for p, c in zip(seen[-1], batch.captions)]
+    captions = sum(p == c for p, c in prompts)
+    assert all(p in (c, DO_NOTHING) for p, c in prompts)
+    if caption_prob == 1.0:
+        assert captions == len(prompts)
+    elif caption_prob == 0.0:
+        assert captions == 0
+    else:
+        assert 0.25 * len(prompts) < captions < 0.75 * len(prompts)
+
+
+def test_warmup_caption_prob_outside_0_1_is_refused():
+    from npedit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="warmup_caption_prob"):
+        apply_overrides(get_preset("shapes_tiny"), ["method.warmup_caption_prob=1.5"])

@@ -11,7 +11,8 @@ import torch
 
 from npedit.config import MethodConfig
 
-_STREAMS = {"unroll": 1, "dmd": 2, "critic_sample": 3, "nothing": 4, "warmup": 5, "sample": 6, "critic_noise": 7}
+_STREAMS = {"unroll": 1, "dmd": 2, "critic_sample": 3, "nothing": 4, "warmup": 5, "sample": 6, "critic_noise": 7,
+            "warmup_prompt": 8}
 
 
 def shift_time(t: float | torch.Tensor, shift: float):

@@ -119,10 +119,13 @@ def fake_score_loss(nets: Networks, x0: torch.Tensor, cap_emb: torch.Tensor, cfg
 
 
 def warmup_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config, rank: int):
-    """Stage 0, reference copy: target = reference, prompt = its caption, flow-matching loss."""
+    """Stage 0, reference copy: target = reference, prompt = its caption (or, for a share
+    1 - method.warmup_caption_prob of the samples, the do-nothing instruction), flow-matching loss."""
     gen = rank_generator(cfg.train.seed, step, rank, "warmup")
     ref_latent = nets.diffusion.encode_images(batch.images)
-    text = nets.diffusion.encode_text(list(batch.captions))
+    keep = rand((len(batch),), rank_generator(cfg.train.seed, step, rank, "warmup_prompt"))
+    prompts = [c if k < cfg.method.warmup_caption_prob else DO_NOTHING for c, k in zip(batch.captions, keep.tolist())]
+    text = nets.diffusion.encode_text(prompts)
     t = rand((len(batch),), gen).to(ref_latent.device)
     x_t, v_target = ops.flow_noise(ref_latent, randn(ref_latent.shape, gen, ref_latent.device), t)
     loss = losses.flow_matching_loss(nets.diffusion.velocity(nets.student, x_t, t, text, ref_latent), v_target)
