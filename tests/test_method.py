@@ -1,4 +1,7 @@
 """The method's pieces against METHOD.md's formulas, on random tensors."""
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -105,3 +108,22 @@ def test_questions_per_category():
     assert qs[0].images == ("edit",) and qs[0].answer == "no"           # removal: the object is gone
     assert qs[1].text == "apart from the red circle , are the two images the same ?" and qs[1].answer == "yes"
     assert qs[2].images == ("edit",) and qs[2].text == "does the image show y ?" and qs[2].answer == "yes"
+
+
+def test_student_lr_schedule_restarts_at_the_npedit_stage():
+    """Each stage gets its own linear warm-up and cosine decay; without a restart point, one schedule."""
+    from npedit.config import OptimConfig
+    from npedit.engine.engines import lr_lambda
+
+    optim = OptimConfig(lr=1.0, schedule="cosine", warmup_steps=10)
+    two = lr_lambda(optim, total_steps=1500, restart_at=1200)
+    one = lr_lambda(optim, total_steps=1500)
+    assert two(0) == one(0) == 0.1 and two(9) == 1.0
+    assert two(1199) < 1e-4 and two(1200) == 0.1 and two(1209) == 1.0     # decayed, then warm-up again
+    assert two(1200 + 155) == pytest.approx(0.5, abs=1e-9)                 # cosine midpoint of stage 2
+    assert two(1499) < 1e-3
+    assert one(1200) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1190 / 1490)))
+    for restart in (0, 1500):                                              # no second stage: one schedule
+        assert [lr_lambda(optim, 1500, restart)(s) for s in (0, 700, 1400)] == [one(s) for s in (0, 700, 1400)]
+    constant = lr_lambda(OptimConfig(lr=1.0, warmup_steps=0), 100, restart_at=50)
+    assert {constant(s) for s in range(100)} == {1.0}

@@ -41,27 +41,37 @@ class Engines:
         return self.modules.get("codec")
 
 
-def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at a scheduler step: linear warm-up, then constant or cosine to 0."""
-    def factor(step: int) -> float:
+def lr_lambda(optim: OptimConfig, total_steps: int, restart_at: int = 0) -> Callable[[int], float]:
+    """Multiplier of the base LR at a scheduler step: linear warm-up, then constant or cosine to 0.
+    With 0 < restart_at < total_steps the schedule runs twice, over [0, restart_at) and over
+    [restart_at, total_steps): the student's two stages (reference-copy warm-up, NP-Edit) each get
+    their own, as the two separate trainings of the paper do."""
+    def stage_factor(step: int, total: int) -> float:
         if optim.warmup_steps and step < optim.warmup_steps:
             return (step + 1) / optim.warmup_steps
         if optim.schedule == "cosine":
-            span = max(1, total_steps - optim.warmup_steps)
+            span = max(1, total - optim.warmup_steps)
             progress = min(1.0, (step - optim.warmup_steps) / span)
             return 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
+
+    def factor(step: int) -> float:
+        if 0 < restart_at < total_steps:
+            if step < restart_at:
+                return stage_factor(step, restart_at)
+            return stage_factor(step - restart_at, total_steps - restart_at)
+        return stage_factor(step, total_steps)
     return factor
 
 
-def _trainable(model: nn.Module, optim: OptimConfig, base_ds: dict, total_steps: int):
+def _trainable(model: nn.Module, optim: OptimConfig, base_ds: dict, total_steps: int, restart_at: int = 0):
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
     numel = sum(getattr(p, "ds_numel", p.numel()) for p in params)   # ds_numel: already ZeRO-3 partitioned
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=params, config=trainable_ds_config(base_ds, optim, numel),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total_steps)))
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total_steps, restart_at)))
     return engine
 
 
@@ -75,14 +85,14 @@ def _frozen(model: nn.Module, base_ds: dict):
 
 
 def build_engines(models: Models | RunModels, cfg: Config, base_ds: dict, device: torch.device) -> Engines:
-    """Wrap every network; the student and fake score train for cfg.train.max_steps scheduler steps
-    (the fake score steps method.fake_updates times per NP-Edit step). Frozen engines are created in a
+    """Wrap every network; the student trains for cfg.train.max_steps scheduler steps, its LR schedule
+    restarting at the NP-Edit stage, the fake score for method.fake_updates steps per NP-Edit step. Frozen engines are created in a
     fixed order (real score, then the frozen modules in their dict order), the same on every rank."""
     if isinstance(models, Models):  # the built-in networks
         models = RunModels(models.student, models.real, models.fake,
                            {"text_encoder": models.text_encoder, "vlm": models.vlm}, {"codec": models.codec})
     total = cfg.train.max_steps
-    student = _trainable(models.student, cfg.student_optim, base_ds, total)
+    student = _trainable(models.student, cfg.student_optim, base_ds, total, restart_at=cfg.train.warmup_stage_steps)
     fake_total = max(1, (total - cfg.train.warmup_stage_steps) * max(1, cfg.method.fake_updates))
     fake = _trainable(models.fake, cfg.fake_optim, base_ds, fake_total)
     real = _frozen(models.real, base_ds)
