@@ -10,7 +10,7 @@ from npedit.config import (Config, ConfigError, DataConfig, MethodConfig, OptimC
 def shapes() -> Config:
     """The built-in shapes world on a CPU: warm-start from the shipped toy teacher, reference-copy
     warm-up, then NP-Edit with the shipped toy judge asked generic (caption-style) questions; the
-    oracle scores held-out edits before and after. About 5 minutes on 2 cores.
+    oracle scores held-out edits before and after. About 8 minutes on 2 cores.
 
     The warm-up prompts the do-nothing instruction, not the caption: a shapes caption pins the whole
     image down, so a student prompted with it learns to draw the caption and never to copy the
