@@ -47,7 +47,7 @@ def shutdown_distributed() -> None:
     ("terminate called without an active exception") after all the work is done. Call this only on
     the success path: a rank that raised must not enter a collective its peers never reach."""
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        barrier()
         torch.distributed.destroy_process_group()
 
 

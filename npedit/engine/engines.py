@@ -86,8 +86,9 @@ def _frozen(model: nn.Module, base_ds: dict):
 
 def build_engines(models: Models | RunModels, cfg: Config, base_ds: dict, device: torch.device) -> Engines:
     """Wrap every network; the student trains for cfg.train.max_steps scheduler steps, its LR schedule
-    restarting at the NP-Edit stage, the fake score for method.fake_updates steps per NP-Edit step. Frozen engines are created in a
-    fixed order (real score, then the frozen modules in their dict order), the same on every rank."""
+    restarting at the NP-Edit stage, the fake score for method.fake_updates steps per NP-Edit step.
+    Frozen engines are created in a fixed order (real score, then the frozen modules in their dict
+    order), the same on every rank."""
     if isinstance(models, Models):  # the built-in networks
         models = RunModels(models.student, models.real, models.fake,
                            {"text_encoder": models.text_encoder, "vlm": models.vlm}, {"codec": models.codec})
