@@ -69,3 +69,40 @@ def test_teacher_record_refuses_a_folder_of_runs_from_another_teacher(runs, tmp_
 
 def test_report_without_a_teacher_record_says_so(tmp_path):
     assert "not recorded" in report.teacher_line(tmp_path)
+
+
+def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
+    """The arm gets the warm-up's newest complete checkpoint, its metrics log and only its "before"
+    report (the untrained student); its command resumes, and the warm-up's stops after the warm-up."""
+    from npedit.engine.checkpoint import STATE_FILE
+
+    warmup = tmp_path / "warmup_s0"
+    write_report(warmup, {"before": (0.1, 0.2), "after": (0.3, 0.4)})
+    for step in (750, 1200):
+        (warmup / "checkpoints" / f"step_{step}").mkdir(parents=True)
+        (warmup / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+    (warmup / "checkpoints" / ".tmp_step_1500").mkdir()   # an unfinished save is never forked
+    (warmup / "metrics.jsonl").write_text('{"step": 1}\n')
+    arm = tmp_path / "npedit_s0"
+    arm.mkdir()
+    experiment.fork_from_warmup(warmup, arm)
+    assert [p.name for p in (arm / "checkpoints").iterdir()] == ["step_1200"]
+    assert (arm / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    forked = json.loads((arm / "oracle_report.json").read_text())
+    assert list(forked) == ["before"] and forked["before"]["overall"]["success"] == 0.1
+
+    arm_cmd = experiment.command("dmd_only", 0, arm, ["train.max_steps=2100"], 1, warmup_steps=1200)
+    assert "--resume" in arm_cmd and "method.vlm_weight=0" in arm_cmd
+    warm_cmd = experiment.command(experiment.WARMUP, 0, warmup, ["train.max_steps=2100"], 1, warmup_steps=1200)
+    assert "--resume" not in warm_cmd
+    sets = [warm_cmd[i + 1] for i, a in enumerate(warm_cmd) if a == "--set"]
+    assert sets[-1] == "train.max_steps=1200"   # the last override wins: the warm-up stops at its end
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        experiment.fork_from_warmup(tmp_path / "vlm_only_s0", tmp_path / "elsewhere")
+
+
+def test_the_report_has_a_warmup_only_row(runs):
+    write_report(runs / "warmup_s0", {"before": (0.1, 0.1), "after": (0.2, 0.3)})
+    summary = report.summarise(report.load_reports(runs, [0, 1, 2]))
+    assert summary["warmup"]["overall"]["preservation"][0] == pytest.approx(0.3)
+    assert "| reference-copy warm-up only | 1 |" in report.markdown(summary, [0, 1, 2], 20, "")

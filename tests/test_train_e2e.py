@@ -90,6 +90,20 @@ def test_resume_matches_a_straight_run(straight_run, tmp_path):
     assert_same_training(straight_run, tmp_path)
 
 
+def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
+    """A run stopped at the end of its schedule (LR 0 for the next step) and resumed with a longer
+    max_steps trains exactly like the longer run straight through: the LR comes from the resumed
+    config's schedule, not from the checkpoint (the shapes experiment forks its arms this way)."""
+    cosine = ["--set", "student_optim.schedule=cosine", "--set", "train.warmup_stage_steps=2"]
+    train(tmp_path / "straight", "--max_steps", "4", *cosine)
+    train(tmp_path / "forked", "--max_steps", "2", *cosine)
+    assert read_metrics(tmp_path / "forked")[-1]["lr"] == 0.0   # the warm-up run's cosine ended
+    train(tmp_path / "forked", "--max_steps", "4", "--resume", *cosine)
+    assert_same_training(tmp_path / "straight", tmp_path / "forked")
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "forked")]
+    assert lrs[2:] == [r["lr"] for r in read_metrics(tmp_path / "straight")][2:]
+
+
 @pytest.mark.parametrize("mode", ["selective", "full"])
 def test_checkpointing_under_zero3_trains_like_keeping_every_activation(straight_run, tmp_path, mode):
     """The DeepSpeed ZeRO-3 engines gather weights inside checkpointed blocks, differently in forward

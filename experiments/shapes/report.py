@@ -3,7 +3,7 @@
     python experiments/shapes/report.py --runs runs/exp_shapes --seeds 0 1 2
 
 Reads RUNS/<method>_s<seed>/oracle_report.json ("after"; the untrained student is the "before" of
-the NP-Edit runs), writes experiments/shapes/{results.json, RESULTS.md, bars.png, samples.png}.
+the NP-Edit runs; "warmup" is the trainer arms' shared reference-copy warm-up), writes experiments/shapes/{results.json, RESULTS.md, bars.png, samples.png}.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ if str(REPO) not in sys.path:
 
 from npedit.data.shapes import SHAPES_CATEGORIES  # noqa: E402
 
-ROWS = ("untrained", "vlm_only", "dmd_only", "npedit", "supervised")
-LABELS = {"untrained": "untrained student", "vlm_only": "VLM only (dmd_weight=0)",
+ROWS = ("untrained", "warmup", "vlm_only", "dmd_only", "npedit", "supervised")
+LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up only", "vlm_only": "VLM only (dmd_weight=0)",
           "dmd_only": "DMD only (vlm_weight=0)", "npedit": "NP-Edit (VLM + DMD)",
           "supervised": "supervised on true pairs"}
 METRICS = ("exact", "success", "preservation", "pixel_mae")
@@ -244,6 +244,9 @@ def main(argv=None) -> int:
         budget = (f"Budget per method: {t['max_steps']} steps of batch {cfg['data']['batch_size']} "
                   f"({t['warmup_stage_steps']} of them reference-copy warm-up for the NP-Edit runs; the supervised "
                   f"baseline spends all of them on true pairs). {teacher_line(runs)}")
+        if any(runs.glob("warmup_s*/oracle_report.json")):
+            budget += (" The trainer arms of a seed share one warm-up run (resumed from its last checkpoint); "
+                       "their wall time includes it.")
     (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "summary": summary,
                                                   "runs": reports}, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(summary, args.seeds, n, budget))

@@ -2,8 +2,13 @@
 
 Every method trains from the same shipped teacher with the same budget (the `shapes` preset's
 steps and batch size, overridable with --set for all of them); the untrained student is the "before"
-oracle report of the NP-Edit runs. Runs go to OUT/<method>_s<seed>/ (a finished run is skipped, so
-the command resumes), then report.py writes RESULTS.md, results.json and the figures.
+oracle report of the NP-Edit runs. The reference-copy warm-up does not depend on the NP-Edit stage's
+loss weights, so the trainer arms of a seed (NP-Edit, DMD-only, VLM-only) share one: it runs once to
+OUT/warmup_s<seed>/ (its own oracle report is the "warm-up only" row) and each arm resumes from its
+last checkpoint, exactly as if it had run straight through (the trainer's resume is step-exact).
+The arms then differ only in what the NP-Edit stage did. Runs go to OUT/<method>_s<seed>/ (a
+finished run is skipped, so the command resumes), then report.py writes RESULTS.md, results.json
+and the figures.
 
     python experiments/shapes/run.py --seeds 0 1 2 --jobs 2 --out runs/exp_shapes
 """
@@ -13,10 +18,11 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,23 +37,52 @@ METHODS: dict[str, list[str] | None] = {
 }
 
 
-def command(method: str, seed: int, out: Path, overrides: list[str], threads: int) -> list[str]:
-    sets = [a for o in overrides for a in ("--set", o)]
-    if METHODS[method] is None:
-        return [sys.executable, str(HERE / "supervised.py"), "--seed", str(seed), "--output_dir", str(out),
-                "--threads", str(threads), *sets]
-    extra = [a for o in METHODS[method] for a in ("--set", o)]
-    return [sys.executable, str(REPO / "npedit" / "train.py"), "--preset", "shapes", "--output_dir", str(out),
-            "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *extra, *sets]
+WARMUP = "warmup"   # the shared reference-copy warm-up of the trainer arms (OUT/warmup_s<seed>)
 
 
-def record_teacher(root: Path, overrides: list[str]) -> None:
-    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), for the report."""
+def preset_config(overrides: list[str]):
+    """The `shapes` preset with the experiment's overrides (the budget every method gets)."""
     sys.path.insert(0, str(REPO))
     from npedit.config import apply_overrides
     from npedit.presets import get_preset
 
-    folder = Path(apply_overrides(get_preset("shapes"), overrides).student.pretrained)
+    return apply_overrides(get_preset("shapes"), overrides)
+
+
+def command(method: str, seed: int, out: Path, overrides: list[str], threads: int,
+            warmup_steps: int = 0) -> list[str]:
+    """The run's command line. method WARMUP: the trainer stopped after `warmup_steps`; a trainer arm
+    with warmup_steps > 0 resumes from the warm-up checkpoint copied into `out` (fork_from_warmup)."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    if method != WARMUP and METHODS[method] is None:
+        return [sys.executable, str(HERE / "supervised.py"), "--seed", str(seed), "--output_dir", str(out),
+                "--threads", str(threads), *sets]
+    if method == WARMUP:
+        extra = ["--set", f"train.max_steps={warmup_steps}"]
+    else:
+        extra = [a for o in METHODS[method] for a in ("--set", o)] + (["--resume"] if warmup_steps else [])
+    return [sys.executable, str(REPO / "npedit" / "train.py"), "--preset", "shapes", "--output_dir", str(out),
+            "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *sets, *extra]
+
+
+def fork_from_warmup(warmup: Path, out: Path) -> None:
+    """Start a trainer arm in `out` from the finished warm-up run `warmup`: its last checkpoint, its
+    metrics log and its "before" oracle report (the untrained student); the arm then runs --resume."""
+    sys.path.insert(0, str(REPO))
+    from npedit.engine.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(warmup)
+    if last is None:
+        raise RuntimeError(f"the warm-up run {warmup} has no checkpoint to start the NP-Edit stage from")
+    shutil.copytree(last, out / "checkpoints" / last.name)
+    shutil.copy2(warmup / "metrics.jsonl", out / "metrics.jsonl")
+    before = json.loads((warmup / "oracle_report.json").read_text())["before"]
+    (out / "oracle_report.json").write_text(json.dumps({"before": before}, indent=2))
+
+
+def record_teacher(root: Path, overrides: list[str]) -> None:
+    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), for the report."""
+    folder = Path(preset_config(overrides).student.pretrained)
     weights = sorted(folder.glob("*.safetensors"))[0]
     try:
         shown = str(folder.relative_to(REPO))
@@ -65,22 +100,34 @@ def finished(out: Path) -> bool:
     return path.is_file() and "after" in json.loads(path.read_text())
 
 
-def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: int) -> tuple[str, int, float]:
+def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: int,
+            warmup: Future | None = None, warmup_steps: int = 0) -> tuple[str, int, float]:
+    """One run to ROOT/<method>_s<seed>. A trainer arm given the `warmup` future of its seed waits for
+    it and starts from its checkpoint; its wall time then counts the warm-up's too."""
     out = root / f"{method}_s{seed}"
     if finished(out):
         return method, seed, 0.0
     if out.exists():   # an interrupted run: start it again from scratch
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out)
+    shared = warmup is not None
+    warmup_seconds = 0.0
+    if shared:
+        warmup.result()   # re-raises the warm-up's failure
+        warmup_dir = root / f"{WARMUP}_s{seed}"
+        wall = warmup_dir / "wall_seconds.txt"
+        warmup_seconds = float(wall.read_text()) if wall.is_file() else 0.0
     out.mkdir(parents=True)
+    if shared:
+        fork_from_warmup(warmup_dir, out)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)   # the trainer picks a free rendezvous port per process
     start = time.time()
     with (out / "log.txt").open("w") as log:
-        rc = subprocess.run(command(method, seed, out, overrides, threads), cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
-    took = time.time() - start
+        cmd = command(method, seed, out, overrides, threads, warmup_steps if (shared or method == WARMUP) else 0)
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    took = time.time() - start + warmup_seconds
     (out / "wall_seconds.txt").write_text(f"{took:.1f}\n")
     if rc != 0:
         raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {out / 'log.txt'}")
@@ -101,12 +148,34 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     record_teacher(root, args.overrides)
     threads = max(1, 2 // args.jobs)
-    # the slowest runs first, so the parallel slots finish together
-    jobs = [(m, s) for m in sorted(args.methods, key=lambda m: METHODS[m] is None) for s in args.seeds]
+    warmup_steps = preset_config(args.overrides).train.warmup_stage_steps
+    arms = [m for m in args.methods if METHODS[m] is not None]
     start = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for method, seed, took in pool.map(lambda j: run_one(j[0], j[1], root, args.overrides, threads), jobs):
+
+    def report(job: Future) -> None:
+        if job.exception() is None:
+            method, seed, took = job.result()
             print(f"[{time.time() - start:6.0f} s] {method} seed {seed}: {took:.0f} s", flush=True)
+        else:
+            print(f"[{time.time() - start:6.0f} s] FAILED: {job.exception()}", flush=True)
+
+    # queue order: the warm-ups first (the arms wait on them, so they must hold the first slots), then
+    # the supervised runs, then the arms
+    with ThreadPoolExecutor(args.jobs) as pool:
+        warmups = {}
+        if arms and warmup_steps > 0:
+            warmups = {s: pool.submit(run_one, WARMUP, s, root, args.overrides, threads, None, warmup_steps)
+                       for s in args.seeds}
+        jobs = list(warmups.values())
+        jobs += [pool.submit(run_one, m, s, root, args.overrides, threads)
+                 for m in args.methods if METHODS[m] is None for s in args.seeds]
+        jobs += [pool.submit(run_one, m, s, root, args.overrides, threads, warmups.get(s), warmup_steps)
+                 for m in arms for s in args.seeds]
+        for job in jobs:
+            job.add_done_callback(report)
+    failed = [job.exception() for job in jobs if job.exception() is not None]
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed; the first: {failed[0]}")
     print(f"all runs done in {time.time() - start:.0f} s")
     if not args.no_report:
         from report import main as report_main   # noqa: E402 (sibling script)

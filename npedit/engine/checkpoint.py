@@ -98,6 +98,19 @@ def save_checkpoint(output_dir: str | Path, step: int, engines, models, config_d
     return final
 
 
+def follow_schedule(engine) -> None:
+    """Set the optimizer's LR from this run's schedule at the restored step. The checkpoint holds the LR
+    its own run had set for the next step; a resume with another train.max_steps (or a warm-up run
+    continued into the NP-Edit stage) must follow the schedule of the config it resumes with."""
+    sched = engine.lr_scheduler
+    if sched is None or not hasattr(sched, "lr_lambdas"):
+        return
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(engine.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
+
+
 def load_checkpoint(path: Path, engines, rank: int, world_size: int) -> int:
     """Restore engines and this rank's RNG; -> the step the checkpoint was taken after."""
     state = json.loads((path / STATE_FILE).read_text())
@@ -106,6 +119,7 @@ def load_checkpoint(path: Path, engines, rank: int, world_size: int) -> int:
                                            load_lr_scheduler_states=True)
         if loaded is None:
             raise RuntimeError(f"could not load the {name} engine state from {path / name}")
+        follow_schedule(engine)
     rng_file = path / f"rng_rank{rank}.pt"
     if state.get("world_size") == world_size and rng_file.is_file():
         rng = torch.load(rng_file, weights_only=False)
