@@ -118,7 +118,7 @@ class MethodConfig:
     # the do-nothing instruction. A world whose captions pin the image down (shapes) needs the latter,
     # or the student learns to draw the caption and never to copy the reference.
     warmup_caption_prob: float = 1.0
-    tau_start: float = 0.1        # tau(step) = min(1, tau_start + (1 - tau_start) step / tau_ramp_steps)
+    tau_start: float = 0.1        # tau(s) = min(1, tau_start + (1 - tau_start) s / tau_ramp_steps), s = NP-Edit stage step
     tau_ramp_steps: int = 2000
     cfg_scale: float = 3.5
     cfg_scale_hard: float = 7.5
@@ -129,6 +129,9 @@ class MethodConfig:
     fake_updates: int = 5         # N_aux critic updates per student update
     identity_question: bool = True
     question_style: str = "instruction"  # instruction (the paper's) | caption (generic questions; shapes judge)
+    # random views shown to the judge (0 = off, the paper's): pixel-noise std, max shift in pixels
+    judge_view_noise: float = 0.0
+    judge_view_shift: int = 0
 
     def __post_init__(self):
         if not self.timesteps or any(not 0 < t <= 1 for t in self.timesteps):
@@ -144,6 +147,9 @@ class MethodConfig:
             raise ConfigError(f"method.question_style must be instruction|caption, got {self.question_style!r}")
         if self.fake_updates < 0:
             raise ConfigError("method.fake_updates must be >= 0")
+        if self.judge_view_noise < 0 or self.judge_view_shift < 0:
+            raise ConfigError(f"method.judge_view_noise and judge_view_shift must be >= 0, got "
+                              f"{self.judge_view_noise}, {self.judge_view_shift}")
         if not 0 <= self.warmup_caption_prob <= 1:
             raise ConfigError(f"method.warmup_caption_prob must be in [0, 1], got {self.warmup_caption_prob}")
 

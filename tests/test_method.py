@@ -32,6 +32,7 @@ def test_dmd_loss_value():
 def test_logit_scale_ramp():
     m = MethodConfig()
     assert vlm_logit_scale(0, m) == 0.1
+    assert vlm_logit_scale(-5, m) == 0.1   # warm-up steps (counted from the NP-Edit stage's start)
     assert abs(vlm_logit_scale(1000, m) - 0.55) < 1e-12
     assert vlm_logit_scale(2000, m) == 1.0 and vlm_logit_scale(10**6, m) == 1.0
 

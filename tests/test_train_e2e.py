@@ -37,6 +37,7 @@ def test_run_writes_metrics_samples_and_complete_checkpoints(straight_run):
     rows = read_metrics(straight_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["stage"] == "warmup" and all(r["stage"] == "npedit" for r in rows[1:])
+    assert rows[1]["vlm_tau"] == pytest.approx(get_preset("shapes_tiny").method.tau_start)   # ramp starts here
     for row in rows[1:]:
         for key in REQUIRED_METRICS:
             assert key in row and row[key] is not None, key

@@ -12,7 +12,7 @@ import torch
 from npedit.config import MethodConfig
 
 _STREAMS = {"unroll": 1, "dmd": 2, "critic_sample": 3, "nothing": 4, "warmup": 5, "sample": 6, "critic_noise": 7,
-            "warmup_prompt": 8}
+            "warmup_prompt": 8, "judge_view": 9}
 
 
 def shift_time(t: float | torch.Tensor, shift: float):
@@ -26,9 +26,11 @@ def student_timesteps(method: MethodConfig) -> list[float]:
 
 
 def vlm_logit_scale(step: int, method: MethodConfig) -> float:
-    """tau(step) = min(1, tau_start + (1 - tau_start) * step / tau_ramp_steps)."""
+    """tau(step) = min(1, tau_start + (1 - tau_start) * step / tau_ramp_steps); `step` counts the
+    NP-Edit stage's steps (the paper trains that stage separately from the warm-up), 0 at its start."""
     if method.tau_ramp_steps <= 0:
         return 1.0
+    step = max(0, step)
     return min(1.0, method.tau_start + (1.0 - method.tau_start) * step / method.tau_ramp_steps)
 
 

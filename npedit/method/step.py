@@ -15,6 +15,7 @@ import torch
 from npedit.config import Config
 from npedit.data.example import EditBatch
 from npedit.method import losses
+from npedit.method.judge_views import judge_views
 from npedit.method.questions import DO_NOTHING, build_questions
 from npedit.method.schedule import (rand, randn, rank_generator, sample_unroll_depth, shared_generator,
                                     student_timesteps, vlm_logit_scale)
@@ -65,8 +66,12 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     # 2. VLM feedback through the decoder and the judge
     edited = nets.diffusion.decode_latents(x0)
     questions, weights = build_questions(batch, m.identity_question, skip=nothing, style=m.question_style)
-    tau = vlm_logit_scale(step, m)
-    per_question = nets.judge.answer_losses(questions, edited, batch.images, tau)
+    tau = vlm_logit_scale(step - cfg.train.warmup_stage_steps, m)   # the ramp starts with the NP-Edit stage
+    seen, refs_seen = edited, batch.images
+    if m.judge_view_noise > 0 or m.judge_view_shift > 0:
+        seen, refs_seen = judge_views(edited, batch.images, m.judge_view_noise, m.judge_view_shift,
+                                      rank_generator(seed, step, rank, "judge_view"))
+    per_question = nets.judge.answer_losses(questions, seen, refs_seen, tau)
     loss_vlm = losses.weighted_mean(per_question, weights)
 
     # 3. DMD at a random t; no backprop through either score network
