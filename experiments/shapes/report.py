@@ -23,9 +23,10 @@ if str(REPO) not in sys.path:
 
 from npedit.data.shapes import SHAPES_CATEGORIES  # noqa: E402
 
-ROWS = ("untrained", "warmup", "vlm_only", "dmd_only", "npedit", "supervised")
+ROWS = ("untrained", "warmup", "vlm_only", "dmd_only", "npedit", "vlm_w0.1", "vlm_w0.3", "supervised")
 LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up only", "vlm_only": "VLM only (dmd_weight=0)",
           "dmd_only": "DMD only (vlm_weight=0)", "npedit": "NP-Edit (VLM + DMD)",
+          "vlm_w0.1": "NP-Edit, VLM x5 (vlm_weight=0.1)", "vlm_w0.3": "NP-Edit, VLM x15 (vlm_weight=0.3)",
           "supervised": "supervised on true pairs"}
 METRICS = ("exact", "success", "preservation", "pixel_mae")
 

@@ -33,6 +33,9 @@ METHODS: dict[str, list[str] | None] = {
     "npedit": [],
     "dmd_only": ["method.vlm_weight=0"],
     "vlm_only": ["method.dmd_weight=0"],
+    # does more VLM feedback help? the preset's (the paper's) vlm_weight is 0.02
+    "vlm_w0.1": ["method.vlm_weight=0.1"],
+    "vlm_w0.3": ["method.vlm_weight=0.3"],
     "supervised": None,
 }
 
