@@ -106,3 +106,26 @@ def test_the_report_has_a_warmup_only_row(runs):
     summary = report.summarise(report.load_reports(runs, [0, 1, 2]))
     assert summary["warmup"]["overall"]["preservation"][0] == pytest.approx(0.3)
     assert "| reference-copy warm-up only | 1 |" in report.markdown(summary, [0, 1, 2], 20, "")
+
+
+def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
+    """The shipped judge on 12 held-out edits: every true target is an oracle success and gets a higher
+    edit-question reward than the unedited references, which are never one."""
+    import judge_agreement
+    from npedit.assets import asset_path
+    from npedit.eval.shapes_eval import held_out_edits
+    from npedit.models.tokenizer import WordTokenizer
+    from npedit.models.vlm import TinyVLM
+
+    folder = asset_path("shapes/judge")
+    judge = judge_agreement.BuiltinJudge(TinyVLM.from_pretrained(folder).eval(), WordTokenizer.from_pretrained(folder),
+                                         40, "binary")
+    data = held_out_edits(12)
+    truths = judge_agreement.agreement(judge, data, data.truths)
+    refs = judge_agreement.agreement(judge, data, data.references)
+    assert truths["edit"]["n_yes"] == 12 and truths["edit"]["oracle_no"] is None
+    assert refs["edit"]["n_yes"] == 0 and refs["identity"]["n_no"] == 0   # unedited: nothing else changed
+    assert truths["edit"]["oracle_yes"] > refs["edit"]["oracle_no"] + 0.2
+    text = judge_agreement.markdown({"seeds": [0], "num_examples": 12,
+                                     "rows": {"true targets": truths, "references (unedited)": refs}})
+    assert "| true targets | " in text and " - |" in text
