@@ -30,7 +30,7 @@ from npedit.adapters.builtin import BuiltinJudge  # noqa: E402
 from npedit.data.edits import make_example  # noqa: E402
 from npedit.data.example import collate  # noqa: E402
 from npedit.eval.shapes_eval import held_out_edits, run_editor, score_outputs  # noqa: E402
-from npedit.inference import Editor  # noqa: E402
+from npedit.inference import Editor, resolve_export  # noqa: E402
 from npedit.method.questions import build_questions  # noqa: E402
 from npedit.models.tokenizer import WordTokenizer  # noqa: E402
 from npedit.models.vlm import TinyVLM  # noqa: E402
@@ -65,8 +65,18 @@ def agreement(judge: BuiltinJudge, data, outputs: torch.Tensor) -> dict:
             "edit_mean": float(p_edit.mean()), "identity_mean": float(p_identity.mean())}
 
 
-def load_judge(run: Path) -> BuiltinJudge:
-    config = json.loads(next(run.glob("checkpoints/*/export/config.json")).read_text())
+def export_of(run: Path) -> Path | None:
+    """The run's exported editor: RUN/export (supervised.py) or its latest checkpoint's (the trainer)."""
+    if (run / "export" / "config.json").is_file():
+        return run / "export"
+    try:
+        return resolve_export(run)
+    except FileNotFoundError:
+        return None
+
+
+def load_judge(export: Path) -> BuiltinJudge:
+    config = json.loads((export / "config.json").read_text())
     folder = config["vlm"]["pretrained"]
     return BuiltinJudge(TinyVLM.from_pretrained(folder).eval(), WordTokenizer.from_pretrained(folder),
                         config["vlm"]["max_text_len"], "binary")
@@ -110,11 +120,11 @@ def main(argv=None) -> int:
     judge = None
     for method in args.methods:
         for seed in args.seeds:
-            folder = runs / f"{method}_s{seed}"
-            if not any(folder.glob("checkpoints/*/export/config.json")):
+            export = export_of(runs / f"{method}_s{seed}")
+            if export is None:
                 continue
-            judge = judge or load_judge(folder)
-            editor = Editor.from_checkpoint(folder)
+            judge = judge or load_judge(export)
+            editor = Editor(export)
             outputs = run_editor(lambda im, ins: editor.edit(im, ins, seed=0), data)
             per_method.setdefault(method, []).append(agreement(judge, data, outputs))
             print(f"{method} seed {seed}: {per_method[method][-1]}", flush=True)
