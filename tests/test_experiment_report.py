@@ -85,7 +85,7 @@ def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
     (warmup / "metrics.jsonl").write_text('{"step": 1}\n')
     arm = tmp_path / "npedit_s0"
     arm.mkdir()
-    experiment.fork_from_warmup(warmup, arm)
+    experiment.fork_from_warmup(warmup, arm, 1200)
     assert [p.name for p in (arm / "checkpoints").iterdir()] == ["step_1200"]
     assert (arm / "metrics.jsonl").read_text() == '{"step": 1}\n'
     forked = json.loads((arm / "oracle_report.json").read_text())
@@ -98,7 +98,9 @@ def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
     sets = [warm_cmd[i + 1] for i, a in enumerate(warm_cmd) if a == "--set"]
     assert sets[-1] == "train.max_steps=1200"   # the last override wins: the warm-up stops at its end
     with pytest.raises(RuntimeError, match="no checkpoint"):
-        experiment.fork_from_warmup(tmp_path / "vlm_only_s0", tmp_path / "elsewhere")
+        experiment.fork_from_warmup(tmp_path / "vlm_only_s0", tmp_path / "elsewhere", 1200)
+    with pytest.raises(RuntimeError, match="ends at step_1200, but this experiment's warm-up stage has 800"):
+        experiment.fork_from_warmup(warmup, tmp_path / "elsewhere", 800)
 
 
 def test_the_report_has_a_warmup_only_row(runs):

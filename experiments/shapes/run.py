@@ -68,15 +68,19 @@ def command(method: str, seed: int, out: Path, overrides: list[str], threads: in
             "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *sets, *extra]
 
 
-def fork_from_warmup(warmup: Path, out: Path) -> None:
-    """Start a trainer arm in `out` from the finished warm-up run `warmup`: its last checkpoint, its
-    metrics log and its "before" oracle report (the untrained student); the arm then runs --resume."""
+def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
+    """Start a trainer arm in `out` from the finished warm-up run `warmup`: its last checkpoint (which
+    must be the end of the warm-up stage), its metrics log and its "before" oracle report (the untrained
+    student); the arm then runs --resume."""
     sys.path.insert(0, str(REPO))
     from npedit.engine.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(warmup)
     if last is None:
         raise RuntimeError(f"the warm-up run {warmup} has no checkpoint to start the NP-Edit stage from")
+    if last.name != f"step_{warmup_steps}":
+        raise RuntimeError(f"the warm-up run {warmup} ends at {last.name}, but this experiment's warm-up stage "
+                           f"has {warmup_steps} steps; use a new --out")
     shutil.copytree(last, out / "checkpoints" / last.name)
     shutil.copy2(warmup / "metrics.jsonl", out / "metrics.jsonl")
     before = json.loads((warmup / "oracle_report.json").read_text())["before"]
@@ -121,7 +125,7 @@ def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: i
         warmup_seconds = float(wall.read_text()) if wall.is_file() else 0.0
     out.mkdir(parents=True)
     if shared:
-        fork_from_warmup(warmup_dir, out)
+        fork_from_warmup(warmup_dir, out, warmup_steps)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
