@@ -116,12 +116,8 @@ def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
     import judge_agreement
     from npedit.assets import asset_path
     from npedit.eval.shapes_eval import held_out_edits
-    from npedit.models.tokenizer import WordTokenizer
-    from npedit.models.vlm import TinyVLM
 
-    folder = asset_path("shapes/judge")
-    judge = judge_agreement.BuiltinJudge(TinyVLM.from_pretrained(folder).eval(), WordTokenizer.from_pretrained(folder),
-                                         40, "binary")
+    judge = judge_agreement.judge_at(asset_path("shapes/judge"), 40)
     data = held_out_edits(12)
     truths = judge_agreement.agreement(judge, data, data.truths)
     refs = judge_agreement.agreement(judge, data, data.references)

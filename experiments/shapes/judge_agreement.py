@@ -75,11 +75,16 @@ def export_of(run: Path) -> Path | None:
         return None
 
 
-def load_judge(export: Path) -> BuiltinJudge:
-    config = json.loads((export / "config.json").read_text())
-    folder = config["vlm"]["pretrained"]
+def judge_at(folder: str | Path, max_text_len: int) -> BuiltinJudge:
+    """The built-in judge saved in `folder`, asked with the trainer's binary answer loss."""
     return BuiltinJudge(TinyVLM.from_pretrained(folder).eval(), WordTokenizer.from_pretrained(folder),
-                        config["vlm"]["max_text_len"], "binary")
+                        max_text_len, "binary")
+
+
+def load_judge(export: Path) -> BuiltinJudge:
+    """The judge the run in `export` trained against (its config's vlm.pretrained)."""
+    vlm = json.loads((export / "config.json").read_text())["vlm"]
+    return judge_at(vlm["pretrained"], vlm["max_text_len"])
 
 
 def _mean(values: list) -> float | None:

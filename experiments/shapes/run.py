@@ -27,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 # method -> extra --set overrides of the NP-Edit trainer (None: the supervised loop)
 METHODS: dict[str, list[str] | None] = {
@@ -45,7 +47,6 @@ WARMUP = "warmup"   # the shared reference-copy warm-up of the trainer arms (OUT
 
 def preset_config(overrides: list[str]):
     """The `shapes` preset with the experiment's overrides (the budget every method gets)."""
-    sys.path.insert(0, str(REPO))
     from npedit.config import apply_overrides
     from npedit.presets import get_preset
 
@@ -72,7 +73,6 @@ def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
     """Start a trainer arm in `out` from the finished warm-up run `warmup`: its last checkpoint (which
     must be the end of the warm-up stage), its metrics log and its "before" oracle report (the untrained
     student); the arm then runs --resume."""
-    sys.path.insert(0, str(REPO))
     from npedit.engine.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(warmup)

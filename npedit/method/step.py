@@ -67,10 +67,8 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     edited = nets.diffusion.decode_latents(x0)
     questions, weights = build_questions(batch, m.identity_question, skip=nothing, style=m.question_style)
     tau = vlm_logit_scale(step - cfg.train.warmup_stage_steps, m)   # the ramp starts with the NP-Edit stage
-    seen, refs_seen = edited, batch.images
-    if m.judge_view_noise > 0 or m.judge_view_shift > 0:
-        seen, refs_seen = judge_views(edited, batch.images, m.judge_view_noise, m.judge_view_shift,
-                                      rank_generator(seed, step, rank, "judge_view"))
+    seen, refs_seen = judge_views(edited, batch.images, m.judge_view_noise, m.judge_view_shift,   # off: as they are
+                                  rank_generator(seed, step, rank, "judge_view"))
     per_question = nets.judge.answer_losses(questions, seen, refs_seen, tau)
     loss_vlm = losses.weighted_mean(per_question, weights)
 
