@@ -70,6 +70,35 @@ class JudgeConfig:
     device: str = "cpu"           # cpu | cuda | auto (the weights are evaluated and saved on the CPU)
     workers: int = 0              # processes making question batches (0 = in this process: bit-reproducible)
     max_seconds: float = 0.0      # stop after this much training time (0 = steps only); the LR still decays
+    init_from: str = ""           # continue from a folder holding judge/ (skips stage 1 and the curriculum; "" = fresh)
+    kind_weights: str = ""        # question-mix overrides, e.g. "same_except=0.5,same=0.2" (others keep QUESTION_KINDS')
+
+    def __post_init__(self):
+        question_mix(self)        # ValueError on unknown kinds or bad weights, before any training
+
+
+# the fields that fix the judge's shape: a judge continued with init_from must match them
+ARCHITECTURE_FIELDS = ("image_size", "patch_size", "vision_dim", "vision_depth", "dim", "depth", "heads",
+                       "max_text_len")
+
+
+def question_mix(cfg: JudgeConfig) -> dict[str, float]:
+    """QUESTION_KINDS with cfg.kind_weights' overrides ("kind=weight,..."): the mix after the curriculum."""
+    mix = dict(QUESTION_KINDS)
+    for item in filter(None, (x.strip() for x in cfg.kind_weights.split(","))):
+        kind, sep, value = item.partition("=")
+        if not sep or kind.strip() not in QUESTION_KINDS:
+            raise ValueError(f"kind_weights: {item!r} is not KIND=WEIGHT with KIND one of {list(QUESTION_KINDS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"kind_weights: the weight in {item!r} is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"kind_weights: the weight in {item!r} must be finite and >= 0")
+        mix[kind.strip()] = weight
+    if sum(mix.values()) <= 0:
+        raise ValueError(f"kind_weights: {cfg.kind_weights!r} leaves no question kind with a positive weight")
+    return mix
 
 
 def judge_tokenizer() -> WordTokenizer:
@@ -90,10 +119,26 @@ def build_judge(cfg: JudgeConfig, tokenizer: WordTokenizer) -> TinyVLM:
 
 
 def kind_weights(step: int, cfg: JudgeConfig) -> dict[str, float]:
-    """Curriculum: from EASY_KINDS (single-image, one attribute) to QUESTION_KINDS over the first
-    cfg.curriculum fraction of the steps."""
-    a = min(1.0, step / max(1, cfg.curriculum * cfg.steps))
-    return {k: (1 - a) * EASY_KINDS.get(k, 0.0) + a * w for k, w in QUESTION_KINDS.items()}
+    """Curriculum: from EASY_KINDS (single-image, one attribute) to question_mix(cfg) over the first
+    cfg.curriculum fraction of the steps; a continued judge (init_from) starts at question_mix(cfg)."""
+    a = 1.0 if cfg.init_from else min(1.0, step / max(1, cfg.curriculum * cfg.steps))
+    return {k: (1 - a) * EASY_KINDS.get(k, 0.0) + a * w for k, w in question_mix(cfg).items()}
+
+
+def load_judge(cfg: JudgeConfig, tokenizer: WordTokenizer) -> TinyVLM:
+    """The judge in cfg.init_from/judge, checked against cfg's architecture and the judge vocabulary."""
+    folder = Path(cfg.init_from) / "judge"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"init_from={cfg.init_from}: no judge folder (judge/config.json) there; "
+                                f"make one with `npedit pretrain judge --out DIR`")
+    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
+        raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the judge vocabulary")
+    vlm = TinyVLM.from_pretrained(folder).train()
+    differ = [f"{name} {getattr(vlm.config, name)} != {getattr(cfg, name)}" for name in ARCHITECTURE_FIELDS
+              if getattr(vlm.config, name) != getattr(cfg, name)]
+    if differ:
+        raise ValueError(f"init_from={cfg.init_from}: the judge there does not match the config: {', '.join(differ)}")
+    return vlm
 
 
 def render_questions(questions: list[GenericQuestion], world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,13 +255,15 @@ def train_judge(cfg: JudgeConfig, out_dir: str | Path, threads: int = 1, log_eve
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     tokenizer = judge_tokenizer()
-    vlm = build_judge(cfg, tokenizer).to(device)
+    vlm = (load_judge(cfg, tokenizer) if cfg.init_from else build_judge(cfg, tokenizer)).to(device)
     rng = random.Random(f"npedit.judge-train/{cfg.seed}")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.time()
-    vision_acc = pretrain_vision(vlm, cfg.vision_steps, cfg.vision_batch, cfg.lr, cfg.world_size, rng,
-                                 lambda images: augment(images, cfg, gen).to(device))
-    tqdm.write(f"judge stage 1 (cell probes): shape accuracy {vision_acc:.3f} after {cfg.vision_steps} steps")
+    vision_acc = None   # a continued judge skips stage 1
+    if not cfg.init_from:
+        vision_acc = pretrain_vision(vlm, cfg.vision_steps, cfg.vision_batch, cfg.lr, cfg.world_size, rng,
+                                     lambda images: augment(images, cfg, gen).to(device))
+        tqdm.write(f"judge stage 1 (cell probes): shape accuracy {vision_acc:.3f} after {cfg.vision_steps} steps")
     opt = torch.optim.AdamW(vlm.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
     schedule = Schedule(cfg.steps, cfg.warmup, cfg.max_seconds)
     ema = EMA(vlm, cfg.ema)
