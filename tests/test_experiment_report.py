@@ -124,6 +124,13 @@ def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
     assert truths["edit"]["n_yes"] == 12 and truths["edit"]["oracle_no"] is None
     assert refs["edit"]["n_yes"] == 0 and refs["identity"]["n_no"] == 0   # unedited: nothing else changed
     assert truths["edit"]["oracle_yes"] > refs["edit"]["oracle_no"] + 0.2
-    text = judge_agreement.markdown({"seeds": [0], "num_examples": 12,
+    # per category: the oracle's success rate is 1 on the true targets and 0 on the references
+    assert set(truths["success_by_category"]) == set(data.categories)
+    assert set(truths["success_by_category"].values()) == {1.0} and set(refs["success_by_category"].values()) == {0.0}
+    means = [truths["edit_by_category"][c] for c in data.categories]
+    assert abs(sum(means) / len(means) - truths["edit_mean"]) < 1e-6   # balanced categories: the same mean
+    text = judge_agreement.markdown({"judge": "shapes/judge", "seeds": [0], "num_examples": 12,
                                      "rows": {"true targets": truths, "references (unedited)": refs}})
-    assert "| true targets | " in text and " - |" in text
+    assert "| true targets | " in text and " - |" in text and "Judge: `shapes/judge`" in text
+    assert "| references (unedited) | " + " | ".join(
+        f"{refs['edit_by_category'][c]:.2f} / 0.00" for c in truths["edit_by_category"]) + " |" in text
