@@ -5,6 +5,9 @@
     npedit pretrain text --world shapes --out runs/text                 # text_encoder/
     npedit pretrain teacher --world shapes --out npedit/assets/shapes \
         --text_encoder runs/text/text_encoder --train_text false --steps 6000   # teacher/ + text_encoder/
+    # train a judge on from the shipped one, with more two-image questions in the mix
+    npedit pretrain judge --world shapes --out runs/judge_ft --init_from npedit/assets/shapes \
+        --kind_weights same_except=0.5,same=0.12,caption=0.3 --steps 6000 --batch_size 64 --lr 3e-4
 
 Each writes a JSON report (teacher: caption faithfulness of its samples, and a PNG; judge: held-out
 accuracy per question type, and a PNG; text: held-out caption-parsing accuracy).
