@@ -128,7 +128,7 @@ def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
     assert set(truths["success_by_category"]) == set(data.categories)
     assert set(truths["success_by_category"].values()) == {1.0} and set(refs["success_by_category"].values()) == {0.0}
     means = [truths["edit_by_category"][c] for c in data.categories]
-    assert abs(sum(means) / len(means) - truths["edit_mean"]) < 1e-6   # balanced categories: the same mean
+    assert abs(sum(means) / len(means) - truths["edit_mean"]) < 1e-6   # counted per edit: the overall mean
     text = judge_agreement.markdown({"judge": "shapes/judge", "seeds": [0], "num_examples": 12,
                                      "rows": {"true targets": truths, "references (unedited)": refs}})
     assert "| true targets | " in text and " - |" in text and "Judge: `shapes/judge`" in text

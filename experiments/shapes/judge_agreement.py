@@ -60,20 +60,18 @@ def split_mean(p: torch.Tensor, verdict: torch.Tensor) -> dict:
             "n_no": int((~verdict).sum())}
 
 
-def by_category(data, values: torch.Tensor) -> dict[str, float]:
-    """Mean of values [N] per edit category of data (in data's order of first appearance)."""
-    categories = list(dict.fromkeys(data.categories))
-    return {c: float(values[[i for i, x in enumerate(data.categories) if x == c]].float().mean()) for c in categories}
-
-
 def agreement(judge: BuiltinJudge, data, outputs: torch.Tensor) -> dict:
-    rows = score_outputs(data, outputs)["examples"]
+    scores = score_outputs(data, outputs)
+    rows = scores["examples"]
     success = torch.tensor([r["success"] for r in rows])
     preserved = torch.tensor([r["preservation"] for r in rows])
     p_edit, p_identity = wanted_answer_probs(judge, data, outputs)
+    edit_by_category = {c: float(p_edit[[i for i, x in enumerate(data.categories) if x == c]].mean())
+                        for c in scores["per_category"]}
     return {"edit": split_mean(p_edit, success), "identity": split_mean(p_identity, preserved),
             "edit_mean": float(p_edit.mean()), "identity_mean": float(p_identity.mean()),
-            "edit_by_category": by_category(data, p_edit), "success_by_category": by_category(data, success)}
+            "edit_by_category": edit_by_category,
+            "success_by_category": {c: s["success"] for c, s in scores["per_category"].items()}}
 
 
 def export_of(run: Path) -> Path | None:
