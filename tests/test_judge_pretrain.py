@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from npedit.models.vlm import TinyVLM
 from npedit.pretrain import cli
+from npedit.pretrain.common import shapes_tokenizer
 from npedit.pretrain.judge import EASY_KINDS, JudgeConfig, kind_weights, question_batch, train_judge
 from npedit.pretrain.judge_data import QUESTION_KINDS
 
@@ -77,3 +79,8 @@ def test_init_from_checks_the_folder_and_the_architecture(tiny_judge, tmp_path):
         train_judge(replace(TINY, init_from=str(tmp_path / "missing")), tmp_path)
     with pytest.raises(ValueError, match="dim 32 != 48"):
         train_judge(replace(TINY, init_from=str(src), dim=48), tmp_path)
+    other = tmp_path / "other_words"
+    shutil.copytree(src / "judge", other / "judge")
+    shapes_tokenizer().save_pretrained(other / "judge")   # the trainer's words, without the judge's templates
+    with pytest.raises(ValueError, match="its tokenizer differs"):
+        train_judge(replace(TINY, init_from=str(other)), tmp_path)

@@ -20,6 +20,12 @@ def shapes_tokenizer(extra_texts: list[str] = ()) -> WordTokenizer:
     return WordTokenizer.from_words(default_words(list(extra_texts)))
 
 
+def check_vocabulary(folder, tokenizer: WordTokenizer, what: str) -> None:
+    """ValueError unless the tokenizer saved in `folder` has `tokenizer`'s vocabulary (the shapes world's)."""
+    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
+        raise ValueError(f"{what}: its tokenizer differs from the shapes world's")
+
+
 class RunningMean:
     """0.98 x mean + 0.02 x value over per-step scalar tensors, kept on their device in float64: the
     training loop never waits for the GPU to log; `float(m)` reads it (a sync) when it is shown.

@@ -31,8 +31,8 @@ from npedit.models.layers import init_transformer_weights
 from npedit.models.tokenizer import WordTokenizer
 from npedit.models.vlm import TinyVLM, VLMConfig
 from npedit.outputs import image_grid
-from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, pick_device, set_threads,
-                                    shapes_tokenizer)
+from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, check_vocabulary, pick_device,
+                                    set_threads, shapes_tokenizer)
 from npedit.pretrain.judge_vision import pretrain_vision
 from npedit.pretrain.judge_data import QUESTION_KINDS, GenericQuestion, random_question, template_words
 
@@ -131,8 +131,7 @@ def load_judge(cfg: JudgeConfig, tokenizer: WordTokenizer) -> TinyVLM:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"init_from={cfg.init_from}: no judge folder (judge/config.json) there; "
                                 f"make one with `npedit pretrain judge --out DIR`")
-    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
-        raise ValueError(f"init_from={cfg.init_from}: its tokenizer differs from the judge vocabulary")
+    check_vocabulary(folder, tokenizer, f"init_from={cfg.init_from}")
     vlm = TinyVLM.from_pretrained(folder).train()
     differ = [f"{name} {getattr(vlm.config, name)} != {getattr(cfg, name)}" for name in ARCHITECTURE_FIELDS
               if getattr(vlm.config, name) != getattr(cfg, name)]

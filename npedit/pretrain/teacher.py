@@ -31,8 +31,8 @@ from npedit.models.dit import DiTConfig, FlowDiT
 from npedit.models.text_encoder import TextEncoder, TextEncoderConfig
 from npedit.models.tokenizer import WordTokenizer
 from npedit.outputs import image_grid
-from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, pick_device, set_threads,
-                                    shapes_tokenizer)
+from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, check_vocabulary, pick_device,
+                                    set_threads, shapes_tokenizer)
 
 NEGATIVE_PROMPT = MethodConfig().negative_prompt
 
@@ -169,12 +169,6 @@ def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT
     dit = FlowDiT(DiTConfig(in_channels=codec.latent_channels, sample_size=cfg.image_size // 2, patch_size=2,
                             dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, text_dim=cfg.text_dim))
     return dit, encoder, codec
-
-
-def check_vocabulary(folder: Path, tokenizer: WordTokenizer, what: str) -> None:
-    """ValueError unless the tokenizer saved in `folder` has the shapes world's vocabulary."""
-    if WordTokenizer.from_pretrained(folder).vocab != tokenizer.vocab:
-        raise ValueError(f"{what}: its tokenizer differs from the shapes world's")
 
 
 def load_text_encoder(cfg: TeacherConfig, tokenizer: WordTokenizer) -> TextEncoder:
