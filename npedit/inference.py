@@ -1,4 +1,4 @@
-"""4-step editing with a trained student, from a checkpoint's export/ folder."""
+"""Editing with a trained student (its 4 steps, or an Euler sampler), from a checkpoint's export/ folder."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from npedit.adapters.builtin import BuiltinDiffusion
 from npedit.config import Config
 from npedit.engine.checkpoint import latest_checkpoint
 from npedit.method.schedule import student_timesteps
-from npedit.method.unroll import sample
+from npedit.method.unroll import sample_with
 from npedit.models.codec import PatchCodec
 from npedit.models.dit import FlowDiT
 from npedit.models.text_encoder import TextEncoder
@@ -19,12 +19,13 @@ from npedit.models.tokenizer import WordTokenizer
 
 @torch.no_grad()
 def edit_images(diffusion, student, images: torch.Tensor, instructions: list[str], timesteps: list[float],
-                generator: torch.Generator) -> torch.Tensor:
-    """Few-step editing: [B,3,S,S] in [0,1] + instructions -> [B,3,S,S] in [0,1] (no CFG)."""
+                generator: torch.Generator, sampler: str = "fewstep") -> torch.Tensor:
+    """[B,3,S,S] in [0,1] + instructions -> [B,3,S,S] in [0,1] (no CFG). sampler: "fewstep" (the student's
+    `timesteps`) or "euler<N>" (for a student trained as a plain flow model, e.g. a supervised baseline)."""
     text = diffusion.encode_text(list(instructions))
     ref = diffusion.encode_images(images)
     velocity = (lambda x, t: diffusion.velocity(student, x, t, text, ref))
-    x0 = sample(velocity, tuple(ref.shape), timesteps, generator, images.device)
+    x0 = sample_with(sampler, velocity, tuple(ref.shape), timesteps, generator, images.device)
     return diffusion.decode_latents(x0).clamp(0, 1)
 
 
@@ -79,10 +80,12 @@ class Editor:
         return cls(resolve_export(checkpoint), device)
 
     @torch.no_grad()
-    def edit(self, images: torch.Tensor, instructions: list[str], seed: int = 0) -> torch.Tensor:
-        """images [B, 3, S, S] in [0, 1] at the trained size -> edited [B, 3, S, S] in [0, 1]."""
+    def edit(self, images: torch.Tensor, instructions: list[str], seed: int = 0,
+             sampler: str = "fewstep") -> torch.Tensor:
+        """images [B, 3, S, S] in [0, 1] at the trained size -> edited [B, 3, S, S] in [0, 1].
+        sampler: "fewstep" (the trained 4 steps) or "euler<N>" (see edit_images)."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"images must be {self.image_size}x{self.image_size} (the trained size), "
                              f"got {tuple(images.shape[-2:])}")
         return edit_images(self.diffusion, self.student, images.to(self.device), instructions,
-                           student_timesteps(self.config.method), torch.Generator().manual_seed(seed))
+                           student_timesteps(self.config.method), torch.Generator().manual_seed(seed), sampler)

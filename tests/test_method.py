@@ -10,7 +10,7 @@ from npedit.method import losses
 from npedit.method.questions import build_questions, question_vocabulary
 from npedit.method.schedule import (rank_generator, sample_unroll_depth, shift_time, student_timesteps,
                                     vlm_logit_scale)
-from npedit.method.unroll import sample, unroll_student
+from npedit.method.unroll import euler_sample, euler_steps, sample, sample_with, unroll_student
 
 
 def test_dmd_gradient_equals_formula():
@@ -77,6 +77,33 @@ def test_inference_runs_all_steps():
     velocity = lambda x, t: (calls.append(float(t[0])), torch.zeros_like(x))[1]  # noqa: E731
     out = sample(velocity, (1, 1, 2, 2), [1.0, 0.5, 0.25], torch.Generator().manual_seed(0))
     assert calls == [1.0, 0.5, 0.25] and out.shape == (1, 1, 2, 2)
+
+
+def test_euler_sampler_integrates_the_flow_ode():
+    """v = eps - x0 is constant along a straight flow path, so Euler lands on x0 exactly in any number of
+    steps; a velocity linear in x (v = x) has x(0) = x(1) (1 - 1/N)^N after N steps."""
+    x0_true = torch.tensor([[[[0.3, -1.2], [2.0, 0.0]]]])
+    noise = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    straight = lambda x, t: (x - x0_true) / t.view(-1, 1, 1, 1)  # noqa: E731  (x = (1-t) x0 + t eps)
+    for steps in (1, 3):
+        out = euler_sample(straight, (1, 1, 2, 2), steps, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, x0_true, atol=1e-5, rtol=0)
+    out = euler_sample(lambda x, t: x, (1, 1, 2, 2), 4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, noise * (1 - 1 / 4) ** 4)
+
+
+def test_sampler_names():
+    assert euler_steps("fewstep") is None and euler_steps("euler20") == 20
+    for bad in ("euler", "euler0", "euler-3", "ddim", "Euler4"):
+        with pytest.raises(ValueError, match="euler<N>"):
+            euler_steps(bad)
+    calls = []
+    velocity = lambda x, t: (calls.append(round(float(t[0]), 4)), torch.zeros_like(x))[1]  # noqa: E731
+    sample_with("euler4", velocity, (1, 1, 2, 2), [1.0, 0.5], torch.Generator().manual_seed(0))
+    assert calls == [1.0, 0.75, 0.5, 0.25]
+    calls.clear()
+    sample_with("fewstep", velocity, (1, 1, 2, 2), [1.0, 0.5], torch.Generator().manual_seed(0))
+    assert calls == [1.0, 0.5]
 
 
 def test_weighted_mean_and_cfg():

@@ -77,7 +77,13 @@ def test_eval_cli_scores_the_chosen_categories(straight_run, tmp_path):
     report = json.loads((out / "oracle_report.json").read_text())
     assert report["categories"] == ["remove", "background"] and report["num_examples"] == 4
     assert {c: r["n"] for c, r in report["per_category"].items()} == {"remove": 2, "background": 2}
-    assert (out / "oracle_grid.png").is_file()
+    assert (out / "oracle_grid.png").is_file() and report["sampler"] == "fewstep"
+    run([sys.executable, "-m", "npedit", "eval", "--checkpoint", str(straight_run), "--num_examples", "2",
+         "--sampler", "euler3", "--out", str(tmp_path / "euler"), "--grid_rows", "1"])
+    assert json.loads((tmp_path / "euler" / "oracle_report.json").read_text())["sampler"] == "euler3"
+    proc = run([sys.executable, "-m", "npedit", "eval", "--checkpoint", str(straight_run), "--sampler", "ddim",
+                "--out", str(tmp_path / "bad")], check=False)
+    assert proc.returncode == 2 and "'ddim'" in proc.stderr
     proc = run([sys.executable, "-m", "npedit", "eval", "--checkpoint", str(straight_run), "--categories", "paint",
                 "--out", str(tmp_path / "bad")], check=False)
     assert proc.returncode == 2 and "paint" in proc.stderr

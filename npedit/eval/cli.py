@@ -23,6 +23,9 @@ def main(argv=None) -> int:
                    help="comma-separated edit categories to score (default: all, balanced)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/oracle_eval)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed of the editor")
+    p.add_argument("--sampler", default="fewstep",
+                   help="fewstep (the student's 4 steps, default) or euler<N>: N Euler steps of the flow ODE, "
+                        "for a student trained as a plain flow model (e.g. the supervised baseline)")
     p.add_argument("--grid_rows", type=int, default=24, help="rows of the PNG grid")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -30,21 +33,23 @@ def main(argv=None) -> int:
     from npedit.data.edits import check_categories
     from npedit.eval.shapes_eval import format_report, held_out_edits, run_editor, score_outputs
     from npedit.inference import Editor
+    from npedit.method.unroll import euler_steps
     from npedit.outputs import save_sample_grid
 
     try:
         if args.num_examples < 1:
             raise ValueError(f"--num_examples must be >= 1, got {args.num_examples}")
+        euler_steps(args.sampler)   # a bad name fails before the checkpoint loads
         categories = check_categories(c.strip() for c in args.categories.split(",") if c.strip())
         editor = Editor.from_checkpoint(args.checkpoint, args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"npedit eval: error: {exc}", file=sys.stderr)
         return 2
     data = held_out_edits(args.num_examples, editor.image_size, categories=categories)
-    outputs = run_editor(lambda images, texts: editor.edit(images, texts, seed=args.seed), data)
+    outputs = run_editor(lambda images, texts: editor.edit(images, texts, seed=args.seed, sampler=args.sampler), data)
     report = score_outputs(data, outputs)
     rows = report.pop("examples")
-    report = {"checkpoint": str(args.checkpoint), "num_examples": args.num_examples, "categories": list(categories),
+    report = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "num_examples": args.num_examples, "categories": list(categories),
               "image_size": editor.image_size, **report}
 
     out = Path(args.out) if args.out else Path(args.checkpoint) / "oracle_eval"

@@ -48,3 +48,36 @@ def sample(velocity: Velocity, shape: tuple[int, ...], timesteps: list[float], g
         if i + 1 < len(timesteps):
             x, _ = ops.flow_noise(x0, randn(shape, generator, device), _full(shape[0], timesteps[i + 1], x))
     return x0
+
+
+@torch.no_grad()
+def euler_sample(velocity: Velocity, shape: tuple[int, ...], steps: int, generator: torch.Generator,
+                 device=None) -> torch.Tensor:
+    """Deterministic Euler integration of the flow ODE dx/dt = v from t = 1 (noise) to t = 0, in `steps`
+    equal steps: the sampler of a plain (not distilled) flow model. -> x0 fp32."""
+    x = randn(shape, generator, device)
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x = x + (t_next - t) * velocity(x, _full(shape[0], t, x))
+    return x
+
+
+SAMPLERS_HELP = "fewstep (the student's: predict x0, re-noise, repeat) or euler<N> (N Euler steps of the flow ODE)"
+
+
+def euler_steps(sampler: str) -> int | None:
+    """'fewstep' -> None; 'euler<N>' -> N (>= 1); anything else raises ValueError naming the choices."""
+    if sampler == "fewstep":
+        return None
+    if sampler.startswith("euler") and sampler[5:].isdigit() and int(sampler[5:]) >= 1:
+        return int(sampler[5:])
+    raise ValueError(f"sampler must be {SAMPLERS_HELP}; got {sampler!r}")
+
+
+def sample_with(sampler: str, velocity: Velocity, shape: tuple[int, ...], timesteps: list[float],
+                generator: torch.Generator, device=None) -> torch.Tensor:
+    """Sample x0 with the named sampler (see euler_steps); `timesteps` is the few-step schedule."""
+    steps = euler_steps(sampler)
+    if steps is None:
+        return sample(velocity, shape, timesteps, generator, device)
+    return euler_sample(velocity, shape, steps, generator, device)

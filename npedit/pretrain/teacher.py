@@ -25,7 +25,7 @@ from tqdm import tqdm
 from npedit.config import MethodConfig
 from npedit.data.oracle import parse_scenes
 from npedit.data.shapes import Scene, caption, random_scene, render
-from npedit.method.unroll import sample as few_step_sample
+from npedit.method.unroll import sample_with
 from npedit.models.codec import CodecConfig, PatchCodec
 from npedit.models.dit import DiTConfig, FlowDiT
 from npedit.models.text_encoder import TextEncoder, TextEncoderConfig
@@ -99,16 +99,6 @@ def cfg_velocity(dit: FlowDiT, cond: torch.Tensor, uncond: torch.Tensor, scale: 
 
 
 @torch.no_grad()
-def euler_sample(velocity, shape: tuple[int, ...], steps: int, generator: torch.Generator) -> torch.Tensor:
-    """Deterministic Euler integration of the flow ODE from t = 1 (noise) to t = 0 -> x0."""
-    x = torch.randn(shape, generator=generator)
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        x = x + (t_next - t) * velocity(x, torch.full((shape[0],), float(t)))
-    return x
-
-
-@torch.no_grad()
 def generate_images(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, captions: list[str], image_size: int,
                     sampler: str = "euler20", cfg_scale: float = 3.5, seed: int = 0) -> torch.Tensor:
     """captions -> images [N, 3, S, S] in [0, 1]. sampler: "euler<N>" or "fewstep" (the student's 4 steps)."""
@@ -117,12 +107,7 @@ def generate_images(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, capt
     velocity = cfg_velocity(dit, cond, uncond, cfg_scale)
     shape = (len(captions), codec.latent_channels, image_size // codec.config.factor, image_size // codec.config.factor)
     gen = torch.Generator().manual_seed(seed)
-    if sampler == "fewstep":
-        x0 = few_step_sample(velocity, shape, MethodConfig().timesteps, gen)
-    elif sampler.startswith("euler"):
-        x0 = euler_sample(velocity, shape, int(sampler[5:]), gen)
-    else:
-        raise ValueError(f"sampler must be 'euler<N>' or 'fewstep', got {sampler!r}")
+    x0 = sample_with(sampler, velocity, shape, MethodConfig().timesteps, gen)
     return codec.decode(x0).clamp(0, 1)
 
 
