@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, train
 
 sys.path.insert(0, str(REPO / "experiments" / "shapes"))
 import report  # noqa: E402
@@ -134,3 +134,42 @@ def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
     assert "| true targets | " in text and " - |" in text and "Judge: `shapes/judge`" in text
     assert "| references (unedited) | " + " | ".join(
         f"{refs['edit_by_category'][c]:.2f} / 0.00" for c in truths["edit_by_category"]) + " |" in text
+
+
+def test_rescore_scores_every_finished_run_on_the_held_out_stream(tmp_path):
+    """A 2-step tiny run, re-scored on 6 held-out edits: the report has the trainer's layout (after, and
+    before for an NP-Edit run), is read back by report.py --report, and a student equal to the untrained
+    one scores the same before and after (same edits, same noise). Folders without a report are skipped."""
+    import rescore
+
+    runs = tmp_path / "exp"
+    arm = runs / "npedit_s3"
+    train(arm, "--max_steps", "2", "--set", "train.oracle_eval_examples=4")
+    (runs / "warmup_s3").mkdir()                 # unfinished: no oracle_report.json
+    (runs / "notes").mkdir()
+    assert rescore.finished_runs(runs) == [(arm, 3)]
+    # make the "untrained" student the trained one: before and after must then agree exactly
+    export = next(arm.glob("checkpoints/step_2/export"))
+    cfg = json.loads((export / "config.json").read_text())
+    cfg["student"]["pretrained"] = str(export / "student")
+    (export / "config.json").write_text(json.dumps(cfg))
+
+    assert rescore.main(["--runs", str(runs), "--num_examples", "6", "--name", "rescored.json"]) == 0
+    result = json.loads((arm / "rescored.json").read_text())
+    assert result["num_examples"] == 6 and result["noise_seed"] == 3 and result["sampler"] == "fewstep"
+    assert result["after"]["overall"]["n"] == 6 and result["before"] == result["after"]
+    assert sum(c["n"] for c in result["after"]["per_category"].values()) == 6
+    summary = report.summarise(report.load_reports(runs, [3], "rescored.json"))
+    assert summary["npedit"]["overall"]["success"][0] == result["after"]["overall"]["success"]
+    assert not (runs / "warmup_s3" / "rescored.json").exists()
+
+
+def test_rescore_refuses_bad_arguments(tmp_path, capsys):
+    import rescore
+
+    assert rescore.main(["--runs", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+    assert rescore.main(["--runs", str(tmp_path), "--name", "oracle_report.json"]) == 2
+    assert "overwrite the trainer's own report" in capsys.readouterr().err
+    assert rescore.main(["--runs", str(tmp_path), "--sampler", "heun"]) == 2
+    assert "'heun'" in capsys.readouterr().err

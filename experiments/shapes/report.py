@@ -3,7 +3,9 @@
     python experiments/shapes/report.py --runs runs/exp_shapes --seeds 0 1 2
 
 Reads RUNS/<method>_s<seed>/oracle_report.json ("after"; the untrained student is the "before" of
-the NP-Edit runs; "warmup" is the trainer arms' shared reference-copy warm-up), writes experiments/shapes/{results.json, RESULTS.md, bars.png, samples.png}.
+the NP-Edit runs; "warmup" is the trainer arms' shared reference-copy warm-up), or the file named by
+--report (rescore.py's larger held-out set), and writes OUT/{results.json, RESULTS.md, bars.png,
+samples.png}.
 """
 from __future__ import annotations
 
@@ -31,13 +33,14 @@ LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up on
 METRICS = ("exact", "success", "preservation", "pixel_mae")
 
 
-def load_reports(runs: Path, seeds: list[int]) -> dict[str, list[dict]]:
-    """method -> one oracle report per seed (missing runs are left out)."""
+def load_reports(runs: Path, seeds: list[int], name: str = "oracle_report.json") -> dict[str, list[dict]]:
+    """method -> one oracle report per seed (missing runs are left out). name: the trainer's report, or
+    rescore.py's (same layout)."""
     out: dict[str, list[dict]] = {m: [] for m in ROWS}
     for seed in seeds:
         for method in ROWS:
             folder = runs / f"{'npedit' if method == 'untrained' else method}_s{seed}"
-            path = folder / "oracle_report.json"
+            path = folder / name
             if not path.is_file():
                 continue
             data = json.loads(path.read_text())
@@ -228,10 +231,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=str(REPO / "runs" / "exp_shapes"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=str(HERE))
+    p.add_argument("--report", default="oracle_report.json",
+                   help="the file read in each run folder: the trainer's report, or rescore.py's --name")
     args = p.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    reports = load_reports(runs, args.seeds)
+    reports = load_reports(runs, args.seeds, args.report)
     summary = summarise(reports)
     if not summary:
         print(f"no finished runs under {runs}", file=sys.stderr)
