@@ -12,13 +12,16 @@ def edit_main(argv) -> int:
     p.add_argument("--instruction", required=True)
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="fewstep", help="fewstep (default) or euler<N>")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     args = p.parse_args(argv)
     from npedit.data.images import check_image, load_image
     from npedit.inference import Editor
+    from npedit.method.unroll import euler_steps
     from npedit.outputs import save_image
 
     try:
+        euler_steps(args.sampler)
         problem = check_image(args.image)
         if problem:
             raise ValueError(f"--image {args.image}: {problem}")
@@ -27,7 +30,7 @@ def edit_main(argv) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"npedit edit: error: {exc}", file=sys.stderr)
         return 2
-    out = editor.edit(image[None], [args.instruction], seed=args.seed)[0]
+    out = editor.edit(image[None], [args.instruction], seed=args.seed, sampler=args.sampler)[0]
     save_image(out, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -63,6 +63,9 @@ def test_edit_cli_on_the_trained_checkpoint(straight_run, tmp_path):
     run([sys.executable, "-m", "npedit", "edit", "--checkpoint", str(straight_run), "--image", str(src),
          "--instruction", "make the red circle blue", "--out", str(out), "--device", "cpu"])
     assert Image.open(out).size == (16, 16)
+    run([sys.executable, "-m", "npedit", "edit", "--checkpoint", str(straight_run), "--image", str(src),
+         "--instruction", "make the red circle blue", "--out", str(tmp_path / "euler.png"), "--sampler", "euler2"])
+    assert Image.open(tmp_path / "euler.png").size == (16, 16)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     proc = run([sys.executable, "-m", "npedit", "edit", "--checkpoint", str(straight_run), "--image", str(bad),

@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint>/oracle_eval)")
     p.add_argument("--seed", type=int, default=0, help="sampling noise seed of the editor")
     p.add_argument("--sampler", default="fewstep",
-                   help="fewstep (the student's 4 steps, default) or euler<N>: N Euler steps of the flow ODE, "
-                        "for a student trained as a plain flow model (e.g. the supervised baseline)")
+                   help="fewstep (default) or euler<N>: N Euler steps of the flow ODE, for a student trained as "
+                        "a plain flow model (e.g. the supervised baseline)")
     p.add_argument("--grid_rows", type=int, default=24, help="rows of the PNG grid")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -46,11 +46,12 @@ def main(argv=None) -> int:
         print(f"npedit eval: error: {exc}", file=sys.stderr)
         return 2
     data = held_out_edits(args.num_examples, editor.image_size, categories=categories)
-    outputs = run_editor(lambda images, texts: editor.edit(images, texts, seed=args.seed, sampler=args.sampler), data)
+    outputs = run_editor(lambda images, texts: editor.edit(images, texts, seed=args.seed, sampler=args.sampler),
+                         data)
     report = score_outputs(data, outputs)
     rows = report.pop("examples")
-    report = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "num_examples": args.num_examples, "categories": list(categories),
-              "image_size": editor.image_size, **report}
+    report = {"checkpoint": str(args.checkpoint), "sampler": args.sampler, "num_examples": args.num_examples,
+              "categories": list(categories), "image_size": editor.image_size, **report}
 
     out = Path(args.out) if args.out else Path(args.checkpoint) / "oracle_eval"
     out.mkdir(parents=True, exist_ok=True)
