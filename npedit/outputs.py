@@ -68,10 +68,13 @@ def save_image(image: torch.Tensor, path: str | Path) -> None:
 
 
 def image_grid(columns: list[torch.Tensor], captions: list[str], headers: list[str], cell: int = 128) -> Image.Image:
-    """columns: each [N, 3, H, W]; one row per sample, the caption written under the row."""
+    """columns: each [N, 3, H, W]; one row per sample, the caption written under the row. A header wider
+    than its cell wraps onto a second line (the default font is 6 px per character)."""
     n = columns[0].shape[0]
     font = ImageFont.load_default()
-    pad, text_h, head_h = 4, 28, 16
+    headers = ["\n".join(textwrap.wrap(h, width=max(8, cell // 6))[:2]) for h in headers]
+    pad, text_h = 4, 28
+    head_h = 16 if all("\n" not in h for h in headers) else 28
     width = len(columns) * (cell + pad) + pad
     height = head_h + n * (cell + text_h + pad) + pad
     grid = Image.new("RGB", (width, height), (255, 255, 255))
