@@ -173,3 +173,17 @@ def test_rescore_refuses_bad_arguments(tmp_path, capsys):
     assert "overwrite the trainer's own report" in capsys.readouterr().err
     assert rescore.main(["--runs", str(tmp_path), "--sampler", "heun"]) == 2
     assert "'heun'" in capsys.readouterr().err
+
+
+def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_path):
+    from npedit.engine.checkpoint import STATE_FILE
+
+    arm = tmp_path / "npedit_s0" / "checkpoints"
+    for step in (1200, 2100):   # step_1200 is the warm-up's, forked into the arm
+        export = arm / f"step_{step}" / "export"
+        export.mkdir(parents=True)
+        (arm / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        (export / "config.json").write_text(json.dumps(
+            {"train": {"max_steps": step, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
+    assert report.budget_line(tmp_path).startswith("Budget per method: 2100 steps of batch 4 (1200 of them")
+    assert report.budget_line(tmp_path / "npedit_s0") == ""

@@ -226,6 +226,25 @@ def untrained_editor(npedit_run: Path):
     return editor
 
 
+def budget_line(runs: Path) -> str:
+    """The budget sentence, from the config of the first NP-Edit run's newest checkpoint ("" without one).
+    Not any checkpoint's: an arm also holds the warm-up's, whose max_steps is the warm-up's end."""
+    from npedit.engine.checkpoint import latest_checkpoint
+
+    latest = next((c for c in map(latest_checkpoint, sorted(runs.glob("npedit_s*"))) if c is not None), None)
+    if latest is None or not (latest / "export" / "config.json").is_file():
+        return ""
+    cfg = json.loads((latest / "export" / "config.json").read_text())
+    t = cfg["train"]
+    budget = (f"Budget per method: {t['max_steps']} steps of batch {cfg['data']['batch_size']} "
+              f"({t['warmup_stage_steps']} of them reference-copy warm-up for the NP-Edit runs; the supervised "
+              f"baseline spends all of them on true pairs). {teacher_line(runs)}")
+    if any(runs.glob("warmup_s*/oracle_report.json")):
+        budget += (" The trainer arms of a seed share one warm-up run (resumed from its last checkpoint); "
+                   "their wall time includes it.")
+    return budget
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=str(REPO / "runs" / "exp_shapes"))
@@ -242,17 +261,7 @@ def main(argv=None) -> int:
         print(f"no finished runs under {runs}", file=sys.stderr)
         return 2
     n = next(r for rows in reports.values() for r in rows)["num_examples"]
-    cfg_path = next(runs.glob("npedit_s*/checkpoints/*/export/config.json"), None)
-    budget = ""
-    if cfg_path is not None:
-        cfg = json.loads(cfg_path.read_text())
-        t = cfg["train"]
-        budget = (f"Budget per method: {t['max_steps']} steps of batch {cfg['data']['batch_size']} "
-                  f"({t['warmup_stage_steps']} of them reference-copy warm-up for the NP-Edit runs; the supervised "
-                  f"baseline spends all of them on true pairs). {teacher_line(runs)}")
-        if any(runs.glob("warmup_s*/oracle_report.json")):
-            budget += (" The trainer arms of a seed share one warm-up run (resumed from its last checkpoint); "
-                       "their wall time includes it.")
+    budget = budget_line(runs)
     (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "summary": summary,
                                                   "runs": reports}, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(summary, args.seeds, n, budget))
