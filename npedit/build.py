@@ -109,6 +109,8 @@ def build_models(cfg: Config, words: list[str] | None = None, student_side: bool
     else:
         real = copy.deepcopy(student)
     fake = copy.deepcopy(real)
+    if cfg.student.reference_skip:   # after the copies: the scores are text-only and never see a reference
+        student = student.with_reference_skip()
     vlm, vlm_tokenizer = _builtin_judge(cfg, words) if judge_side else (None, None)
     set_run_checkpointing(student, fake, vlm, cfg.student.checkpointing)
     for model in (real, fake, text_encoder, vlm):
@@ -214,6 +216,9 @@ class ModelPlan:
             self.student_spec = DiffusersStudentSpec(cfg.student.pretrained, cfg.student.teacher, cfg.data.image_size,
                                                      cfg.text.max_length, cfg.student.guidance,
                                                      attention=cfg.student.attention)
+            if cfg.student.reference_skip:
+                raise ConfigError("student.reference_skip is a built-in DiT option; "
+                                  f"{cfg.student.pretrained!r} is a diffusers {self.student_family} pipeline")
         elif cfg.student.teacher and detect_student(cfg.student.teacher, "student.teacher") != "builtin":
             raise ConfigError("student.teacher is a diffusers pipeline but student.pretrained is a built-in DiT")
         if self.vlm_family != "builtin":

@@ -35,6 +35,7 @@ class StudentConfig:
     patch_size: int = 2
     checkpointing: str = "none"   # none | full | selective: activation checkpointing across the unroll
     attention: str = "npedit"     # diffusers students: npedit (the fused op's processors) | sdpa (diffusers' own)
+    reference_skip: bool = False  # built-in DiT only: also feed the reference by a zero-init channel skip (dit.py)
 
     def __post_init__(self):
         if self.checkpointing not in ("none", "full", "selective"):

@@ -38,9 +38,16 @@ def _setup(overrides):
     return cfg, models, nets, batch
 
 
+def test_reference_skip_widens_the_student_not_the_scores():
+    _, models, _, _ = _setup(["student.reference_skip=true"])
+    assert models.student.embed.reference_skip is not None
+    assert models.real.embed.reference_skip is None and models.fake.embed.reference_skip is None
+
+
 @pytest.mark.parametrize("term, overrides", [
     ("vlm", ["method.dmd_weight=0.0", "method.vlm_weight=1.0"]),
     ("dmd", ["method.vlm_weight=0.0", "method.dmd_weight=1.0"]),
+    ("vlm, reference skip", ["method.dmd_weight=0.0", "method.vlm_weight=1.0", "student.reference_skip=true"]),
 ])
 def test_student_loss_reaches_every_student_parameter_and_nothing_else(term, overrides):
     cfg, models, nets, batch = _setup(overrides)

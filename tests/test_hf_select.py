@@ -84,7 +84,8 @@ def test_plan_checks_everything_before_distributed_init(folders, tmp_path):
     plan = ModelPlan(apply_overrides(base, [f"student.pretrained={folders['sd3']}", "data.image_size=32",
                                             f"vlm.pretrained={folders['qwen2_vl']}", "vlm.image_size=56"]))
     assert plan.student_family == "sd3" and plan.vlm_family == "qwen2_vl" and plan.builtin is None
-    bad = [("vlm.image_size=57", "cannot take"), ("data.image_size=36", "multiple of 8")]
+    bad = [("vlm.image_size=57", "cannot take"), ("data.image_size=36", "multiple of 8"),
+           ("student.reference_skip=true", "reference_skip is a built-in DiT option")]
     for override, match in bad:
         cfg = apply_overrides(base, [f"student.pretrained={folders['sd3']}", f"vlm.pretrained={folders['qwen2_vl']}",
                                      "vlm.image_size=56", "data.image_size=32", override])

@@ -140,3 +140,51 @@ def test_bad_inputs_and_config_are_clear_errors():
         DiTConfig(norm="batch")
     with pytest.raises(ValueError, match="sample_size"):
         DiTConfig(sample_size=15)
+
+
+def test_reference_skip_widens_a_model_without_changing_its_function():
+    model = _model()
+    _perturb_zero_init(model)
+    model.checkpointing = "selective"
+    x, t, text, ref = _inputs()
+    rng = torch.random.get_rng_state()
+    widened = model.with_reference_skip()
+    assert torch.equal(torch.random.get_rng_state(), rng)          # the caller's RNG is untouched
+    assert widened.config.reference_skip and not model.config.reference_skip
+    assert widened.checkpointing == "selective" and widened.training == model.training
+    assert not widened.embed.reference_skip.weight.any() and not widened.embed.reference_skip.bias.any()
+    torch.testing.assert_close(widened(x, t, text, ref), model(x, t, text, ref), rtol=0, atol=0)
+    assert widened.with_reference_skip() is widened
+
+
+def test_reference_skip_adds_the_same_position_reference_patch_to_each_target_token():
+    """Target token i gains reference_skip(patch i of the reference): channel concatenation in effect."""
+    from npedit.models.layers import patchify
+
+    widened = _model().with_reference_skip()
+    _perturb_zero_init(widened)
+    x, t, text, ref = _inputs(text_len=3)
+    plain_tokens, _ = widened.embed(x, t, text, None)
+    tokens, _ = widened.embed(x, t, text, ref)
+    num_target = 16
+    expected = plain_tokens[:, -num_target:] + widened.embed.reference_skip(patchify(ref, 2))
+    torch.testing.assert_close(tokens[:, -num_target:], expected)
+    torch.testing.assert_close(tokens[:, :3], plain_tokens[:, :3])                  # text tokens unchanged
+    out = widened(x, t, text, ref)
+    out.square().mean().backward()
+    assert widened.embed.reference_skip.weight.grad.abs().sum() > 0
+    assert widened(x, t, text).shape == x.shape                                      # text-only calls still work
+
+
+def test_reference_skip_needs_same_size_latents_and_survives_save_and_load(tmp_path):
+    widened = _model(reference_skip=True)
+    assert not widened.embed.reference_skip.weight.any()                              # zero-initialised when built
+    _perturb_zero_init(widened)
+    x, t, text, ref = _inputs(ref_hw=(4, 6))
+    with pytest.raises(ValueError, match="reference_skip needs the reference and target latents the same size"):
+        widened(x, t, text, ref)
+    x, t, text, ref = _inputs()
+    widened.save_pretrained(tmp_path / "student")
+    loaded = FlowDiT.from_pretrained(tmp_path / "student")
+    assert loaded.config.reference_skip
+    torch.testing.assert_close(loaded(x, t, text, ref), widened(x, t, text, ref))

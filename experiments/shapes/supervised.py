@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     student = FlowDiT.from_pretrained(cfg.student.pretrained).train()
+    if cfg.student.reference_skip:   # the trainer's student is widened the same way (npedit/build.py)
+        student = student.with_reference_skip()
     text_encoder = TextEncoder.from_pretrained(cfg.text.pretrained).eval().requires_grad_(False)
     diffusion = BuiltinDiffusion(text_encoder, WordTokenizer.from_pretrained(cfg.text.pretrained),
                                  PatchCodec(CodecConfig(factor=cfg.codec.factor)), cfg.text.max_length)
