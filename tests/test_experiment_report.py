@@ -187,3 +187,25 @@ def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_p
             {"train": {"max_steps": step, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
     assert report.budget_line(tmp_path).startswith("Budget per method: 2100 steps of batch 4 (1200 of them")
     assert report.budget_line(tmp_path / "npedit_s0") == ""
+
+
+def test_category_ratios_set_removals_aside(tmp_path, capsys):
+    import category_ratios
+
+    def method(success: dict, preservation: float) -> dict:
+        return {"per_category": {c: {"success": [s, 0.0], "preservation": [preservation, 0.0]}
+                                 for c, s in success.items()}}
+    summary = {"npedit": method({"color": 0.2, "remove": 0.0, "background": 0.8}, 0.6),
+               "supervised": method({"color": 0.1, "remove": 0.6, "background": 0.7}, 0.2)}
+    got = category_ratios.ratios({"summary": summary})
+    assert got["all"]["success"] == pytest.approx(1.0 / 1.4)
+    assert got["without remove"]["success"] == pytest.approx(1.0 / 0.8)
+    assert got["remove"]["success"] == 0.0 and got["all"]["preservation"] == pytest.approx(3.0)
+    with pytest.raises(KeyError, match="no 'supervised' runs"):
+        category_ratios.ratios({"summary": {"npedit": summary["npedit"]}})
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "results.json").write_text(json.dumps({"summary": summary}))
+    assert category_ratios.main([str(tmp_path / "exp")]) == 0
+    assert "| without remove | 50.0 | 40.0 | 1.25 | 3.00 |" in capsys.readouterr().out
+    assert category_ratios.main([str(tmp_path / "missing")]) == 2
+    assert "missing/results.json" in capsys.readouterr().err
