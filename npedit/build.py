@@ -212,13 +212,13 @@ class ModelPlan:
         self.vlm_family = detect_vlm(cfg.vlm.pretrained, "vlm.pretrained")
         self.student_spec = self.judge_spec = None
         if self.student_family != "builtin":
+            if cfg.student.reference_skip:   # refused before the pipeline's configs are read
+                raise ConfigError("student.reference_skip is a built-in DiT option; "
+                                  f"{cfg.student.pretrained!r} is a diffusers {self.student_family} pipeline")
             from npedit.adapters.diffusers_family import DiffusersStudentSpec
             self.student_spec = DiffusersStudentSpec(cfg.student.pretrained, cfg.student.teacher, cfg.data.image_size,
                                                      cfg.text.max_length, cfg.student.guidance,
                                                      attention=cfg.student.attention)
-            if cfg.student.reference_skip:
-                raise ConfigError("student.reference_skip is a built-in DiT option; "
-                                  f"{cfg.student.pretrained!r} is a diffusers {self.student_family} pipeline")
         elif cfg.student.teacher and detect_student(cfg.student.teacher, "student.teacher") != "builtin":
             raise ConfigError("student.teacher is a diffusers pipeline but student.pretrained is a built-in DiT")
         if self.vlm_family != "builtin":
