@@ -21,12 +21,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from npedit.adapters.builtin import BuiltinDiffusion  # noqa: E402
-from npedit.assets import asset_path  # noqa: E402
 from npedit.data.edits import edit_example_with_truth  # noqa: E402
 from npedit.data.shapes import COLORS, SHAPES  # noqa: E402
 from npedit.models.codec import CodecConfig, PatchCodec  # noqa: E402
 from npedit.models.text_encoder import TextEncoder  # noqa: E402
 from npedit.models.tokenizer import WordTokenizer  # noqa: E402
+from npedit.presets import get_preset  # noqa: E402
 
 TRAIN, HELD_OUT = 2500, 500
 COLOR_NAMES = list(COLORS)   # COLORS: name -> RGB
@@ -82,9 +82,10 @@ def probe(diffusion: BuiltinDiffusion, category: str, seed: int = 0) -> dict[str
 
 def main() -> int:
     torch.set_num_threads(1)
-    folder = str(asset_path("shapes/text_encoder"))
+    cfg = get_preset("shapes")   # the text path the preset's student sees: its encoder, tokenizer, max_length
+    folder = cfg.text.pretrained
     diffusion = BuiltinDiffusion(TextEncoder.from_pretrained(folder).eval(), WordTokenizer.from_pretrained(folder),
-                                 PatchCodec(CodecConfig(factor=2)), max_length=32)
+                                 PatchCodec(CodecConfig(factor=cfg.codec.factor)), max_length=cfg.text.max_length)
     for category in NAMES:
         accuracy = probe(diffusion, category)
         print(f"{category}: held-out probe accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
