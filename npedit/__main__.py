@@ -1,5 +1,3 @@
-import sys
+from npedit.cli import entry_point
 
-from npedit.cli import main
-
-sys.exit(main())
+entry_point()

@@ -79,5 +79,14 @@ def main(argv=None) -> int:
     return COMMANDS[command](rest)
 
 
+def entry_point() -> None:
+    """The `npedit` command: a finished training run leaves through exit_process (see there)."""
+    code = main()
+    distributed = sys.modules.get("npedit.engine.distributed")  # imported only by a run that trained
+    if distributed is not None:
+        distributed.exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -55,9 +55,13 @@ def main(argv=None) -> int:
     last = trainer.run()
     if trainer.rank == 0:
         print(json.dumps({k: v for k, v in last.items() if k in ("step", "loss_vlm", "loss_dmd", "loss_fake")}))
+    trainer.close()
+    del trainer
     shutdown_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from npedit.engine.distributed import exit_process
+
+    exit_process(main())

@@ -154,6 +154,10 @@ class Trainer:
         save_checkpoint(self.output_dir, step, self.engines, self.models, self.cfg.to_dict(), self.rank,
                         self.world, self.cfg.train.keep_checkpoints)
 
+    def close(self) -> None:
+        """After `run` (which closed the metrics log) on every rank: release the engines."""
+        self.engines.destroy()
+
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
         cfg = self.cfg.train

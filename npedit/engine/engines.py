@@ -28,6 +28,13 @@ class Engines:
     modules: dict           # name -> frozen engine's .module (text encoder(s), VAE, VLM) or plain module (codec)
     frozen: list            # the frozen engine objects (kept alive: they own the ZeRO-3 hooks)
 
+    def destroy(self) -> None:
+        """End of a run: every engine releases its ZeRO-3 hooks and partitioned state, and a decoupled
+        checkpoint engine finishes its writes, while the interpreter and the process groups are alive."""
+        for engine in (self.student, self.fake, *self.frozen):
+            engine.destroy()
+        self.frozen.clear()
+
     @property
     def text_encoder(self) -> nn.Module | None:
         return self.modules.get("text_encoder")
