@@ -13,7 +13,8 @@ TRAIN = str(REPO / "npedit" / "train.py")
 
 def subprocess_env(**extra) -> dict:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
+    # PYTHONFAULTHANDLER: a child that aborts prints every thread's Python stack into the failure
+    env.update({"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1",
                 "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
