@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 
 def edit_main(argv) -> int:
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     return COMMANDS[command](rest)
 
 
-def entry_point() -> None:
+def entry_point() -> NoReturn:
     """The `npedit` command: a finished training run leaves through exit_process (see there)."""
     code = main()
     distributed = sys.modules.get("npedit.engine.distributed")  # imported only by a run that trained

@@ -5,6 +5,7 @@ import gc
 import os
 import socket
 import sys
+from typing import NoReturn
 
 import torch
 
@@ -60,7 +61,7 @@ def shutdown_distributed() -> None:
     _finished_cleanly = True
 
 
-def exit_process(code: int):
+def exit_process(code: int) -> NoReturn:
     """Leave the process with `code`. After `shutdown_distributed`, skip the interpreter's teardown.
 
     Once a run has finished cleanly, nothing is left to write, yet the teardown still destroys
