@@ -72,7 +72,7 @@ def image_grid(columns: list[torch.Tensor], captions: list[str], headers: list[s
     than its cell wraps onto a second line (the default font is 6 px per character)."""
     n = columns[0].shape[0]
     font = ImageFont.load_default()
-    headers = ["\n".join(textwrap.wrap(h, width=max(8, cell // 6))[:2]) for h in headers]
+    headers = ["\n".join(textwrap.wrap(h, width=max(8, cell // 6), break_on_hyphens=False)[:2]) for h in headers]
     pad, text_h = 4, 28
     head_h = 16 if all("\n" not in h for h in headers) else 28
     width = len(columns) * (cell + pad) + pad
