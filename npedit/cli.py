@@ -82,11 +82,9 @@ def main(argv=None) -> int:
 
 def entry_point() -> NoReturn:
     """The `npedit` command: a finished training run leaves through exit_process (see there)."""
-    code = main()
-    distributed = sys.modules.get("npedit.engine.distributed")  # imported only by a run that trained
-    if distributed is not None:
-        distributed.exit_process(code)
-    sys.exit(code)
+    from npedit.engine.process_exit import exit_process
+
+    exit_process(main())
 
 
 if __name__ == "__main__":

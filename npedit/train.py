@@ -62,6 +62,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from npedit.engine.distributed import exit_process
+    from npedit.engine.process_exit import exit_process
 
     exit_process(main())

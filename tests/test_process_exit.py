@@ -1,5 +1,5 @@
 """How a training process ends: engines released, process groups destroyed, then an exit that skips
-the interpreter's teardown only after a clean finish (see npedit.engine.distributed.exit_process)."""
+the interpreter's teardown only after a clean finish (see npedit.engine.process_exit)."""
 import json
 import sys
 
@@ -8,7 +8,8 @@ from helpers import run
 # a marker printed by an atexit handler: present when the interpreter's own teardown ran
 EXIT_SCRIPT = """
 import atexit, sys
-from npedit.engine.distributed import exit_process, init_distributed, shutdown_distributed
+from npedit.engine.distributed import init_distributed, shutdown_distributed
+from npedit.engine.process_exit import exit_process
 atexit.register(lambda: print("teardown ran", flush=True))
 init_distributed()
 if sys.argv[1] == "clean":

@@ -4,10 +4,10 @@ from __future__ import annotations
 import gc
 import os
 import socket
-import sys
-from typing import NoReturn
 
 import torch
+
+from npedit.engine.process_exit import mark_finished_cleanly
 
 
 def _free_port() -> int:
@@ -43,38 +43,19 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-_finished_cleanly = False  # set by shutdown_distributed: everything is written and the groups are gone
-
-
 def shutdown_distributed() -> None:
     """End of a run that finished on every rank (its engines destroyed, its files closed): free what
     still holds communication buffers, wait for the others, then destroy every process group.
 
     Left to interpreter exit, gloo's worker threads can outlive Python and abort the process
     ("terminate called without an active exception") after all the work is done. Call this only on
-    the success path: a rank that raised must not enter a collective its peers never reach."""
-    global _finished_cleanly
+    the success path: a rank that raised must not enter a collective its peers never reach. Then the
+    entry point may leave without the interpreter's teardown (npedit.engine.process_exit)."""
     gc.collect()
     if torch.distributed.is_initialized():
         barrier()
         torch.distributed.destroy_process_group()
-    _finished_cleanly = True
-
-
-def exit_process(code: int) -> NoReturn:
-    """Leave the process with `code`. After `shutdown_distributed`, skip the interpreter's teardown.
-
-    Once a run has finished cleanly, nothing is left to write, yet the teardown still destroys
-    torch's and gloo's C++ objects; even after the engines and process groups are destroyed, a
-    2-rank CPU run aborted there once in CI (rank 1: "terminate called without an active
-    exception", after its last step, log and checkpoint), and the launcher then reports a
-    finished run as failed and kills its peers. Every other exit (errors included) goes through
-    the normal `sys.exit`."""
-    if code == 0 and _finished_cleanly:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    sys.exit(code)
+    mark_finished_cleanly()
 
 
 def barrier() -> None:
