@@ -139,13 +139,17 @@ def test_judge_agreement_splits_the_reward_by_the_oracle_verdict():
 def test_rescore_scores_every_finished_run_on_the_held_out_stream(tmp_path):
     """A 2-step tiny run, re-scored on 6 held-out edits: the report has the trainer's layout (after, and
     before for an NP-Edit run), is read back by report.py --report, and a student equal to the untrained
-    one scores the same before and after (same edits, same noise). Folders without a report are skipped."""
+    one scores the same before and after (same edits, same noise). Folders without a final report (not
+    started, or an arm forked from its warm-up and still training) are skipped, and so is a run already
+    scored the same way, unless --force."""
     import rescore
 
     runs = tmp_path / "exp"
     arm = runs / "npedit_s3"
     train(arm, "--max_steps", "2", "--set", "train.oracle_eval_examples=4")
     (runs / "warmup_s3").mkdir()                 # unfinished: no oracle_report.json
+    (runs / "dmd_only_s3").mkdir()               # forked from the warm-up, still training: only "before"
+    (runs / "dmd_only_s3" / "oracle_report.json").write_text(json.dumps({"before": {}}))
     (runs / "notes").mkdir()
     assert rescore.finished_runs(runs) == [(arm, 3)]
     # make the "untrained" student the trained one: before and after must then agree exactly
@@ -162,6 +166,18 @@ def test_rescore_scores_every_finished_run_on_the_held_out_stream(tmp_path):
     summary = report.summarise(report.load_reports(runs, [3], "rescored.json"))
     assert summary["npedit"]["overall"]["success"][0] == result["after"]["overall"]["success"]
     assert not (runs / "warmup_s3" / "rescored.json").exists()
+    assert not (runs / "dmd_only_s3" / "rescored.json").exists()
+
+    # a rerun skips the run already scored this way; another --num_examples or --force scores it again
+    def rescore_marked(*extra):
+        (arm / "rescored.json").write_text(json.dumps({**json.loads((arm / "rescored.json").read_text()),
+                                                       "marker": 1}))
+        assert rescore.main(["--runs", str(runs), "--name", "rescored.json", *extra]) == 0
+        return json.loads((arm / "rescored.json").read_text())
+
+    assert rescore_marked("--num_examples", "6")["marker"] == 1
+    assert "marker" not in rescore_marked("--num_examples", "4")
+    assert "marker" not in rescore_marked("--num_examples", "4", "--force")
 
 
 def test_rescore_refuses_bad_arguments(tmp_path, capsys):

@@ -6,7 +6,9 @@ that is a binomial std of about 3.6 points per run, as large as the gaps the exp
 final export again on `--num_examples` edits (categories balanced; the same held-out stream, so the
 trainer's 120 are its first 120), with the run's own seed as the sampling-noise seed, and writes
 RUN/<--name> in the trainer's {"before", "after"} layout ("before", the untrained student, only in
-the NP-Edit runs). Then:
+the NP-Edit runs). A run still training is left out; a run already re-scored with the same
+--num_examples and --sampler is skipped unless --force, so the command can be rerun as runs finish.
+Then:
 
     python experiments/shapes/rescore.py --runs runs/exp_shapes --num_examples 600
     python experiments/shapes/report.py --runs runs/exp_shapes --report oracle_rescore.json --out DIR
@@ -32,13 +34,23 @@ RUN_NAME = re.compile(r"^(?P<method>.+)_s(?P<seed>\d+)$")
 
 
 def finished_runs(runs: Path) -> list[tuple[Path, int]]:
-    """(folder, seed) of every RUNS/<method>_s<seed> holding the trainer's (or supervised.py's) oracle report."""
+    """(folder, seed) of every RUNS/<method>_s<seed> whose oracle report (the trainer's or supervised.py's)
+    holds the final "after" scores; an arm forked from its warm-up has a report with only "before"
+    until it finishes."""
     found = []
     for folder in sorted(runs.iterdir()):
         match = RUN_NAME.match(folder.name)
-        if match and folder.is_dir() and (folder / "oracle_report.json").is_file():
+        report = folder / "oracle_report.json"
+        if match and folder.is_dir() and report.is_file() and "after" in json.loads(report.read_text()):
             found.append((folder, int(match["seed"])))
     return found
+
+
+def already_scored(path: Path, num_examples: int, sampler: str) -> bool:
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text())
+    return done.get("num_examples") == num_examples and done.get("sampler") == sampler and "after" in done
 
 
 def score(editor, num_examples: int, seed: int, sampler: str) -> dict:
@@ -56,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="oracle_rescore.json", help="file written into each run folder")
     p.add_argument("--sampler", default="fewstep", help="fewstep (default) or euler<N>")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="score runs again that already have the same scores")
     args = p.parse_args(argv)
 
     import torch
@@ -78,6 +91,9 @@ def main(argv=None) -> int:
         print(f"rescore: error: {exc}", file=sys.stderr)
         return 2
     for folder, seed in runs:
+        if not args.force and already_scored(folder / args.name, args.num_examples, args.sampler):
+            print(f"{folder.name}: already scored in {args.name} (--force scores it again)", flush=True)
+            continue
         start = time.time()
         result = {"num_examples": args.num_examples, "noise_seed": seed, "sampler": args.sampler,
                   "after": score(Editor.from_checkpoint(folder), args.num_examples, seed, args.sampler)}
