@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             raise ValueError("--name oracle_report.json would overwrite the trainer's own report")
         runs = finished_runs(Path(args.runs))
         if not runs:
-            raise FileNotFoundError(f"no finished runs (<method>_s<seed>/oracle_report.json) under {args.runs}")
+            raise FileNotFoundError(f"no finished runs (<method>_s<seed>/oracle_report.json with the final \"after\" scores) under {args.runs}")
     except (ValueError, FileNotFoundError) as exc:
         print(f"rescore: error: {exc}", file=sys.stderr)
         return 2
