@@ -29,6 +29,7 @@ for path in (REPO, HERE):
         sys.path.insert(0, str(path))
 
 from report import untrained_editor  # noqa: E402
+from run import finished  # noqa: E402
 
 RUN_NAME = re.compile(r"^(?P<method>.+)_s(?P<seed>\d+)$")
 
@@ -40,8 +41,7 @@ def finished_runs(runs: Path) -> list[tuple[Path, int]]:
     found = []
     for folder in sorted(runs.iterdir()):
         match = RUN_NAME.match(folder.name)
-        report = folder / "oracle_report.json"
-        if match and folder.is_dir() and report.is_file() and "after" in json.loads(report.read_text()):
+        if match and folder.is_dir() and finished(folder):
             found.append((folder, int(match["seed"])))
     return found
 
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
             raise ValueError("--name oracle_report.json would overwrite the trainer's own report")
         runs = finished_runs(Path(args.runs))
         if not runs:
-            raise FileNotFoundError(f"no finished runs (<method>_s<seed>/oracle_report.json with the final \"after\" scores) under {args.runs}")
+            raise FileNotFoundError(f"no finished runs (<method>_s<seed>/oracle_report.json with the final "
+                                    f"\"after\" scores) under {args.runs}")
     except (ValueError, FileNotFoundError) as exc:
         print(f"rescore: error: {exc}", file=sys.stderr)
         return 2
