@@ -106,6 +106,9 @@ class DataConfig:
                               f"{list(SHAPES_CATEGORIES)}; got {self.categories}")
 
 
+DMD_CONDITIONS = ("target_caption", "unconditional")
+
+
 @dataclass
 class MethodConfig:
     """NP-Edit defaults from METHOD.md."""
@@ -125,6 +128,11 @@ class MethodConfig:
     cfg_scale_hard: float = 7.5
     hard_categories: list[str] = field(default_factory=lambda: ["remove", "replace", "style", "action"])
     negative_prompt: str = "low quality, artifacts"
+    # what the real and fake scores are prompted with: target_caption (the paper's: the reference's
+    # caption for a do-nothing sample) | unconditional (the negative prompt for every sample, so DMD
+    # keeps outputs realistic and says nothing about the edit; an ablation for worlds whose captions
+    # pin the edited image down)
+    dmd_condition: str = "target_caption"
     dmd_t_min: float = 0.02
     dmd_t_max: float = 0.98
     fake_updates: int = 5         # N_aux critic updates per student update
@@ -146,6 +154,9 @@ class MethodConfig:
             raise ConfigError("method.dmd_t_min/dmd_t_max must satisfy 0 <= min < max <= 1")
         if self.question_style not in ("instruction", "caption"):
             raise ConfigError(f"method.question_style must be instruction|caption, got {self.question_style!r}")
+        if self.dmd_condition not in DMD_CONDITIONS:
+            raise ConfigError(f"method.dmd_condition must be one of {'|'.join(DMD_CONDITIONS)}, "
+                              f"got {self.dmd_condition!r}")
         if self.fake_updates < 0:
             raise ConfigError("method.fake_updates must be >= 0")
         if self.judge_view_noise < 0 or self.judge_view_shift < 0:

@@ -1,18 +1,19 @@
 """Where the student's loss sends gradients (METHOD.md): through the VLM and the codec decode, and
 through DMD into the student only; frozen networks never change; the fake score gets nothing."""
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from npedit.adapters.builtin import BuiltinDiffusion, BuiltinJudge
 from npedit.build import build_models
-from npedit.config import apply_overrides
+from npedit.config import ConfigError, MethodConfig, apply_overrides
 from npedit.data.example import collate
 from npedit.data.shapes import ShapesEditDataset
 from npedit.method.questions import Question
 from npedit.method.schedule import sample_unroll_depth
-from npedit.method.step import Networks, npedit_student_loss
+from npedit.method.step import Networks, npedit_student_loss, student_samples
 from npedit.models.vlm import LMHead
 from npedit.presets import get_preset
 
@@ -170,3 +171,25 @@ def test_warmup_caption_prob_outside_0_1_is_refused():
 
     with pytest.raises(ConfigError, match="warmup_caption_prob"):
         apply_overrides(get_preset("shapes_tiny"), ["method.warmup_caption_prob=1.5"])
+
+
+@pytest.mark.parametrize("condition", ["target_caption", "unconditional"])
+def test_dmd_condition_decides_whether_the_scores_read_the_target_caption(condition):
+    """Unconditional DMD must not depend on the target captions at all; the paper's DMD must."""
+    cfg, models, nets, batch = _setup(["method.vlm_weight=0.0", f"method.dmd_condition={condition}"])
+    other = dataclasses.replace(batch, target_captions=list(reversed(batch.target_captions)))
+    assert other.target_captions != batch.target_captions
+    step = 3
+    with torch.no_grad():
+        _, m_a, x_a = npedit_student_loss(nets, batch, step, cfg, rank=0)
+        _, m_b, x_b = npedit_student_loss(nets, other, step, cfg, rank=0)
+        (_, cap_a), (_, cap_b) = (student_samples(nets, b_, step, cfg, 0, step) for b_ in (batch, other))
+    assert torch.equal(x_a, x_b)   # the student never reads target captions
+    same_dmd = torch.equal(m_a["loss_dmd"], m_b["loss_dmd"])
+    assert same_dmd == (condition == "unconditional")
+    assert torch.equal(cap_a, cap_b) == (condition == "unconditional")
+
+
+def test_dmd_condition_rejects_unknown_values():
+    with pytest.raises(ConfigError, match="dmd_condition"):
+        MethodConfig(dmd_condition="reference_caption")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from npedit.config import Config
+from npedit.config import Config, MethodConfig
 from npedit.data.example import EditBatch
 from npedit.method import losses
 from npedit.method.judge_views import judge_views
@@ -45,6 +45,15 @@ def student_velocity(nets: Networks, student, text: torch.Tensor, ref: torch.Ten
     return lambda x_t, t: nets.diffusion.velocity(student, x_t, t, text, ref)
 
 
+def dmd_prompts(batch: EditBatch, nothing: list[bool], m: MethodConfig) -> list[str]:
+    """The prompt the real and fake scores see per sample (METHOD.md step 3): the target caption, the
+    reference's caption for a do-nothing sample; with method.dmd_condition="unconditional", the
+    negative prompt for every sample (the real score's CFG then reduces to its unconditional branch)."""
+    if m.dmd_condition == "unconditional":
+        return [m.negative_prompt] * len(batch)
+    return [c if n else s for n, c, s in zip(nothing, batch.captions, batch.target_captions)]
+
+
 def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config, rank: int):
     """-> (loss, metrics, x0.detach()). METHOD.md steps 1-5."""
     m, seed = cfg.method, cfg.train.seed
@@ -52,8 +61,8 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     device = batch.images.device
     nothing = rand((b,), rank_generator(seed, step, rank, "nothing")) < m.nothing_prob     # [B] bool
     instructions = [DO_NOTHING if n else s for n, s in zip(nothing.tolist(), batch.instructions)]
-    dmd_captions = [c if n else s for n, c, s in zip(nothing.tolist(), batch.captions, batch.target_captions)]
-    text = nets.diffusion.encode_text(instructions + dmd_captions + [m.negative_prompt] * b)
+    text = nets.diffusion.encode_text(instructions + dmd_prompts(batch, nothing.tolist(), m)
+                                      + [m.negative_prompt] * b)
     instr_emb, cap_emb, neg_emb = text[:b], text[b:2 * b], text[2 * b:]
     ref_latent = nets.diffusion.encode_images(batch.images)
 
@@ -102,7 +111,7 @@ def student_samples(nets: Networks, batch: EditBatch, step: int, cfg: Config, ra
     """Detached student samples for a critic update: -> (x0 [B,C,h,w], caption embeddings [B,L,D])."""
     m, seed = cfg.method, cfg.train.seed
     b = len(batch)
-    text = nets.diffusion.encode_text(list(batch.instructions) + list(batch.target_captions))
+    text = nets.diffusion.encode_text(list(batch.instructions) + dmd_prompts(batch, [False] * b, m))
     ref_latent = nets.diffusion.encode_images(batch.images)
     timesteps = student_timesteps(m)
     k = sample_unroll_depth(seed + 7919, stream_step, len(timesteps))
