@@ -56,6 +56,15 @@ def _cases(device: str, quick: bool, tmp: Path):
         yield f"tiny {student} + {judge}", apply_overrides(get_preset("shapes_tiny"), sets), None
 
 
+def _write(path: Path, device: str, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"device": device, "torch": torch.__version__,
+                               "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+                               "rows": rows}, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -80,11 +89,8 @@ def main(argv=None) -> int:
                 print(f"{name:44s} {stack.name:7s} predicted {predicted.allocated / 2**20:10.1f} MiB  allocator "
                       f"{measured.peak_bytes / 2**20:10.1f} MiB ({err:+.1%})  live {measured.live_peak_bytes / 2**20:10.1f}"
                       f" MiB ({err_live:+.1%})", flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"device": args.device, "torch": torch.__version__,
-                                              "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
-                                              "rows": rows}, indent=2) + "\n")
+                if args.out:   # after every row: a run cut off by a time limit keeps what it measured
+                    _write(Path(args.out), args.device, rows)
     within = sum(r["within"] for r in rows)
     print(f"{within}/{len(rows)} predictions within {TOL:.0%} of the allocator's peak")
     return 0

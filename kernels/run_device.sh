@@ -3,21 +3,30 @@
 # torch + triton + pytest-benchmark, no deepspeed/diffusers needed). Everything lands under $OUT:
 #   summary.txt      one line per stage (exit status, seconds) + the tails of the logs
 #   results.tgz      logs, JSON of every stage (kernel validation + timings, csrc, bench, plan)
-#   pretrain.tgz     the shapes world's toy teacher + judge trained on this GPU (issue 4 assets)
+#   pretrain.tgz     only with PRETRAIN_S > 0: a toy teacher / judge trained on this GPU
 #
-# Phase A (GPU shared, nothing timed): toy teacher + judge pretraining in the background, the csrc
-#   CUDA build, then the gpu-marked correctness tests and the planner's memory validation.
-# Phase B (GPU quiet, timed): attention tile sweep + validate + time vs SDPA backends, answer
-#   losses, csrc ops, one full NP-Edit step plain vs npedit.
+# Phase A (nothing timed): the csrc CUDA build, the gpu-marked correctness tests and the planner's
+#   memory validation (and, opt-in, toy-model pretraining in the background).
+# Phase B (GPU quiet, timed): one full NP-Edit step plain vs npedit, the answer losses (with the
+#   backward tile sweep), attention tile sweep + validate + time vs SDPA backends, csrc ops.
 # Stages continue after a failure; each has a time budget. Usage from the repo root:
-#   OUT=/some/dir bash kernels/run_device.sh            (PRETRAIN_S=0 skips the pretraining)
-# PRETRAIN=teacher,judge picks what is pretrained; STAGES=build,tests,plan,attention,answer_loss,csrc,step
-# picks the other stages (default: all of these); STAGES=...,zero3 adds the step through DeepSpeed's
-# ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed: carry its wheel). Processes sharing one GPU time-slice it: a launch-bound
-# toy-model pretraining runs several times slower beside another GPU process, so PRETRAIN_ALONE=1
-# runs the pretraining first, alone, and everything else after it. TEACHER_TEXT=joint (default: the
-# text encoder trains with the teacher from scratch) | frozen | finetune (both start from an encoder
-# pretrained alone on caption parsing, `npedit pretrain text`, about 90 s on one CPU core first).
+#   OUT=/some/dir bash kernels/run_device.sh
+# STAGES=build,tests,plan,step,answer_loss,attention,csrc,ops picks the stages (default: all of
+# these; `ops` is `pytest benchmarks/bench_ops.py`, every op against its peers, last because the
+# kernel scripts above already time attention and the answer losses); STAGES=...,zero3 adds the step
+# through DeepSpeed's ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed).
+# Wheels the image lacks (pytest-benchmark and py-cpuinfo if missing; diffusers for the planner's
+# published-model cases; deepspeed for zero3) are installed from $WHEELS (default .wheels/) when that
+# folder exists: prepare it with `pip download --no-deps -d .wheels pytest-benchmark py-cpuinfo
+# diffusers==0.42.1` and carry it (carry=[".wheels"]).
+# Pretraining is off by default: the shapes world's teacher and judge ship in npedit/assets/shapes/
+# (the teacher was trained on a CPU, see experiments/shapes/teacher_parsing_text/). PRETRAIN_S=N
+# trains them here for N seconds each; PRETRAIN=teacher,judge picks which. Processes sharing one GPU
+# time-slice it: a launch-bound toy-model pretraining runs several times slower beside another GPU
+# process, so PRETRAIN_ALONE=1 runs the pretraining first, alone, and everything else after it.
+# TEACHER_TEXT=frozen (default, the shipped teacher's recipe: the text encoder is pretrained alone on
+# caption parsing, `npedit pretrain text`, about 90 s on one CPU core first, then frozen) | finetune |
+# joint (trained with the teacher from scratch; it collapsed on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/runs/device}"
@@ -27,10 +36,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_IN
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 unset NPEDIT_OPS
 PY="${PYTHON:-python3}"
-PRETRAIN_S="${PRETRAIN_S:-150}"
+PRETRAIN_S="${PRETRAIN_S:-0}"
 PRETRAIN="${PRETRAIN:-teacher,judge}"
-TEACHER_TEXT="${TEACHER_TEXT:-joint}"
-STAGES="${STAGES:-build,tests,plan,attention,answer_loss,csrc,step}"
+TEACHER_TEXT="${TEACHER_TEXT:-frozen}"
+STAGES="${STAGES:-build,tests,plan,step,answer_loss,attention,csrc,ops}"
 has() { case ",$1," in *",$2,"*) return 0 ;; *) return 1 ;; esac; }
 T0=$SECONDS
 
@@ -50,6 +59,10 @@ pack() {  # what is under $OUT comes back even if the call is cut off: pack afte
     return 0
 }
 
+WHEELS="${WHEELS:-.wheels}"
+if [ -d "$WHEELS" ]; then
+    $PY -m pip install --no-index --find-links "$WHEELS" "$WHEELS"/* > "$RES/pip.log" 2>&1 || echo "wheel install failed (res/pip.log)"
+fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
   nproc; } > "$RES/env.txt" 2>&1
@@ -92,16 +105,22 @@ fi
 has "$STAGES" build && stage csrc_build 240 env NPEDIT_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=4 $PY setup.py build_ext --inplace
 has "$STAGES" tests && stage gpu_tests 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py tests/test_ops_answer_loss.py \
     tests/test_ops_adaln.py tests/test_ops_csrc.py tests/test_ops_checkpoint.py --junitxml="$RES/gpu_tests.xml"
-has "$STAGES" plan && stage plan 120 $PY benchmarks/validate_plan.py --device cuda --quick --out "$RES/plan_validation.json"
+# the planner on the built-in models; with diffusers and deepspeed installed (carried wheels), also on
+# tiny flux / sd3 students with llava-onevision / internvl / qwen2.5-vl judges
+has "$STAGES" plan && stage plan 150 $PY benchmarks/validate_plan.py --device cuda --out "$RES/plan_validation.json"
 pack
 wait_pretraining
 
 # ---- phase B: the GPU is quiet from here on ----------------------------------------------------------
+# the stages never measured on a GPU first (the full step, the answer-loss backward sweep), so a call
+# cut off by the device budget still brings them back; attention and csrc were timed on 2026-11-27
+has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.py --benchmark --bench-device cuda --bench-quick \
+    --bench-out "$RES/bench" -q -p no:cacheprovider
+has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
 has "$STAGES" attention && stage attention_sweep 90 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
 has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_and_time.py --tiles "$RES/attention_tiles.json" --out "$RES/attention.json"
-has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
 has "$STAGES" csrc && stage csrc_time 60 $PY kernels/csrc/validate_and_time.py --no-compile --iters 30 --out "$RES/csrc.json"
-has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.py --benchmark --bench-device cuda --bench-quick \
+has "$STAGES" ops && stage bench_ops 180 $PY -m pytest benchmarks/bench_ops.py --benchmark --bench-device cuda --bench-quick \
     --bench-out "$RES/bench" -q -p no:cacheprovider
 has "$STAGES" zero3 && stage bench_zero3 240 $PY -m pytest benchmarks/bench_zero3.py --benchmark --bench-device cuda \
     --bench-out "$RES/bench" -q -p no:cacheprovider
