@@ -92,8 +92,18 @@ class DataConfig:
     batch_size: int = 4           # per rank (= DeepSpeed train_micro_batch_size_per_gpu)
     # shapes world: the edit categories trained on and scored by the oracle (balanced, in this order)
     categories: list[str] = field(default_factory=lambda: list(SHAPES_CATEGORIES))
+    # shapes world: the DMD scores' caption of the wanted result names each object with this
+    # probability (the background always), as captions of natural images do; the judge's questions
+    # keep the full caption. 1 = the full caption. Pair it with a teacher trained on such captions
+    # (`npedit pretrain teacher --caption_keep`).
+    dmd_caption_keep: float = 1.0
 
     def __post_init__(self):
+        if not 0 <= self.dmd_caption_keep <= 1:
+            raise ConfigError(f"data.dmd_caption_keep must be in [0, 1], got {self.dmd_caption_keep}")
+        if self.dmd_caption_keep < 1 and self.kind != "shapes":
+            raise ConfigError("data.dmd_caption_keep < 1 needs data.kind=shapes (a manifest's captions are "
+                              "whatever it holds)")
         if self.kind not in ("shapes", "manifest"):
             raise ConfigError(f"data.kind must be shapes|manifest, got {self.kind!r}")
         if self.kind == "manifest" and not self.manifest:

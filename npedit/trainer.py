@@ -33,7 +33,8 @@ from npedit.outputs import MetricsLog, save_sample_grid
 def build_dataset(cfg: Config):
     if cfg.data.kind == "shapes":
         return ShapesEditDataset(num_examples=cfg.data.num_examples, image_size=cfg.data.image_size,
-                                 seed=cfg.train.seed, categories=tuple(cfg.data.categories))
+                                 seed=cfg.train.seed, categories=tuple(cfg.data.categories),
+                                 dmd_caption_keep=cfg.data.dmd_caption_keep)
     return ManifestDataset(cfg.data.manifest, image_size=cfg.data.image_size)
 
 

@@ -97,3 +97,12 @@ def test_ds_json_auto_values_are_filled():
                                                     "zero_optimization": {"stage": "auto", "stage3_param_persistence_threshold": 0}})
     assert base["train_micro_batch_size_per_gpu"] == 4
     assert frozen_ds_config(base)["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+
+
+def test_dmd_caption_keep_is_checked():
+    from npedit.config import ConfigError, DataConfig
+    assert DataConfig(dmd_caption_keep=0.5).dmd_caption_keep == 0.5
+    with pytest.raises(ConfigError, match="dmd_caption_keep"):
+        DataConfig(dmd_caption_keep=1.2)
+    with pytest.raises(ConfigError, match="dmd_caption_keep < 1 needs data.kind=shapes"):
+        DataConfig(kind="manifest", manifest="m.jsonl", dmd_caption_keep=0.5)

@@ -225,3 +225,19 @@ def test_category_ratios_set_removals_aside(tmp_path, capsys):
     assert "| without remove | 50.0 | 40.0 | 1.25 | 3.00 |" in capsys.readouterr().out
     assert category_ratios.main([str(tmp_path / "missing")]) == 2
     assert "missing/results.json" in capsys.readouterr().err
+
+
+def test_teacher_record_names_a_separate_real_score_and_refuses_another(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs_real_score")
+    student, real = (tmp_path_factory.mktemp(n) for n in ("student", "real"))
+    for folder in (student, real):
+        shutil.copytree(REPO / "npedit" / "assets" / "shapes" / "teacher", folder, dirs_exist_ok=True)
+    (real / "model.safetensors").write_bytes(b"a teacher of partial captions")
+    sets = [f"student.pretrained={student}", f"student.teacher={real}"]
+    experiment.record_teacher(runs, sets)
+    recorded = json.loads((runs / "teacher.json").read_text())
+    assert recorded["real_score"]["sha256"] != recorded["sha256"]
+    assert f"real and fake scores from `{real}`" in report.teacher_line(runs)
+    experiment.record_teacher(runs, sets)   # a resume with the same pair is fine
+    with pytest.raises(SystemExit, match="another teacher"):
+        experiment.record_teacher(runs, sets[:1])   # the same student without that real score is not

@@ -193,3 +193,19 @@ def test_dmd_condition_decides_whether_the_scores_read_the_target_caption(condit
 def test_dmd_condition_rejects_unknown_values():
     with pytest.raises(ConfigError, match="dmd_condition"):
         MethodConfig(dmd_condition="reference_caption")
+
+
+def test_dmd_scores_read_the_batch_dmd_captions_and_the_judge_the_target_captions():
+    """A partial-caption world: DMD is prompted with the batch's DMD captions, the judge still asks
+    about the full target captions, and the student reads neither."""
+    cfg, models, nets, batch = _setup(["method.vlm_weight=1.0"])
+    partial = dataclasses.replace(batch, dmd_captions=[f"a {bg} background" for bg in ("white", "black", "gray", "beige")])
+    step = 3
+    with torch.no_grad():
+        _, m_full, x_full = npedit_student_loss(nets, batch, step, cfg, rank=0)
+        _, m_part, x_part = npedit_student_loss(nets, partial, step, cfg, rank=0)
+        _, cap_part = student_samples(nets, partial, step, cfg, 0, step)
+    assert torch.equal(x_full, x_part)
+    assert not torch.equal(m_full["loss_dmd"], m_part["loss_dmd"])
+    assert torch.equal(m_full["loss_vlm"], m_part["loss_vlm"])
+    torch.testing.assert_close(cap_part, nets.diffusion.encode_text(partial.dmd_captions), atol=1e-5, rtol=1e-5)

@@ -159,7 +159,11 @@ def teacher_line(runs: Path) -> str:
     if not path.is_file():
         return "Teacher: not recorded (runs made before run.py wrote teacher.json)."
     t = json.loads(path.read_text())
-    return f"Teacher: `{t['path']}` ({t['weights']} sha256 {t['sha256'][:12]})."
+    line = f"Teacher: `{t['path']}` ({t['weights']} sha256 {t['sha256'][:12]})"
+    if "real_score" in t:
+        r = t["real_score"]
+        line += f"; real and fake scores from `{r['path']}` ({r['weights']} sha256 {r['sha256'][:12]})"
+    return line + "."
 
 
 def bar_chart(summary: dict, path: Path) -> None:

@@ -87,19 +87,29 @@ def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
     (out / "oracle_report.json").write_text(json.dumps({"before": before}, indent=2))
 
 
-def record_teacher(root: Path, overrides: list[str]) -> None:
-    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), for the report."""
-    folder = Path(preset_config(overrides).student.pretrained)
+def _weights_record(folder: Path) -> dict:
     weights = sorted(folder.glob("*.safetensors"))[0]
     try:
         shown = str(folder.relative_to(REPO))
     except ValueError:
         shown = str(folder)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return {"path": shown, "weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+
+
+def record_teacher(root: Path, overrides: list[str]) -> None:
+    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), and the
+    real score's when `student.teacher` sets another, for the report."""
+    cfg = preset_config(overrides)
+    record = _weights_record(Path(cfg.student.pretrained))
+    if cfg.student.teacher:
+        record["real_score"] = _weights_record(Path(cfg.student.teacher))
     path = root / "teacher.json"
-    if path.is_file() and json.loads(path.read_text())["sha256"] != digest:
-        raise SystemExit(f"{root} holds runs from another teacher ({path}); use a new --out")
-    path.write_text(json.dumps({"path": shown, "weights": weights.name, "sha256": digest}) + "\n")
+    if path.is_file():
+        old = json.loads(path.read_text())
+        digests = lambda r: (r["sha256"], r.get("real_score", {}).get("sha256"))   # noqa: E731
+        if digests(old) != digests(record):
+            raise SystemExit(f"{root} holds runs from another teacher ({path}); use a new --out")
+    path.write_text(json.dumps(record) + "\n")
 
 
 def finished(out: Path) -> bool:

@@ -23,6 +23,7 @@ class EditExample:
     category: str            # one of CATEGORIES
     object: str              # the object the edit names ("" when none), e.g. "red circle"
     target_caption: str      # caption of the wanted result
+    dmd_caption: str = ""    # the real and fake scores' prompt when it differs from target_caption ("" = it)
 
     def __post_init__(self):
         if not isinstance(self.image, torch.Tensor) or self.image.dim() != 3 or self.image.shape[0] != 3:
@@ -41,21 +42,29 @@ class EditBatch:
     categories: list[str]
     objects: list[str]
     target_captions: list[str]
+    dmd_captions: list[str] | None = None   # per example, "" = its target caption; None = all ""
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+    def dmd_prompts(self) -> list[str]:
+        """The caption the DMD scores are prompted with, per example."""
+        own = self.dmd_captions or [""] * len(self)
+        return [d or t for d, t in zip(own, self.target_captions)]
 
     def to(self, device=None, dtype=None) -> "EditBatch":
         """A copy with the images moved / cast (text lists are copied; dtype applies to images only)."""
         return EditBatch(images=self.images.to(device=device, dtype=dtype),
                          captions=list(self.captions), instructions=list(self.instructions),
                          categories=list(self.categories), objects=list(self.objects),
-                         target_captions=list(self.target_captions))
+                         target_captions=list(self.target_captions),
+                         dmd_captions=None if self.dmd_captions is None else list(self.dmd_captions))
 
     def __getitem__(self, i: int) -> EditExample:
         return EditExample(image=self.images[i], caption=self.captions[i], instruction=self.instructions[i],
                            category=self.categories[i], object=self.objects[i],
-                           target_caption=self.target_captions[i])
+                           target_caption=self.target_captions[i],
+                           dmd_caption=self.dmd_captions[i] if self.dmd_captions else "")
 
 
 def collate(examples: list[EditExample]) -> EditBatch:
@@ -73,4 +82,5 @@ def collate(examples: list[EditExample]) -> EditBatch:
         categories=[e.category for e in examples],
         objects=[e.object for e in examples],
         target_captions=[e.target_caption for e in examples],
+        dmd_captions=[e.dmd_caption for e in examples] if any(e.dmd_caption for e in examples) else None,
     )

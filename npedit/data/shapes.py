@@ -251,6 +251,22 @@ def caption(scene: Scene) -> str:
     return f"{join_phrases([o.describe() for o in scene.objects])} on a {scene.background} background"
 
 
+def partial_caption(scene: Scene, rng, keep: float) -> str:
+    """A caption that names each object with probability `keep` and the background always, the way a
+    caption of a natural image names only some of what is in it. keep = 1 gives caption(scene); with
+    every object left out it is "a white background" ("a plain white background" says the scene is
+    empty, which a partial caption cannot)."""
+    if not 0 <= keep <= 1:
+        raise ValueError(f"keep must be in [0, 1], got {keep}")
+    if keep == 1 or not scene.objects:
+        return caption(scene)
+    rng = as_rng(rng)
+    kept = [o for o in scene.objects if rng.random() < keep]
+    if not kept:
+        return f"a {scene.background} background"
+    return f"{join_phrases([o.describe() for o in kept])} on a {scene.background} background"
+
+
 def words(text: str) -> list[str]:
     """The tokenisation vocabulary() is defined for: runs of lower-case letters."""
     return re.findall(r"[a-z]+", text.lower())
@@ -281,14 +297,19 @@ class ShapesEditDataset:
 
     Example i is a pure function of (seed, i, categories); category i is categories[i % len]
     (balanced). `npedit.data.edits.edit_example_with_truth` gives the same example plus its truth.
+    dmd_caption_keep < 1 gives each example a partial caption of the wanted result for the DMD scores
+    (`partial_caption`, its own random stream per example); the judge's questions keep the full one.
     """
 
     def __init__(self, num_examples: int = 100_000, image_size: int = 32, seed: int = 0,
-                 categories: tuple[str, ...] = SHAPES_CATEGORIES):
+                 categories: tuple[str, ...] = SHAPES_CATEGORIES, dmd_caption_keep: float = 1.0):
         from npedit.data.edits import check_categories
 
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if not 0 <= dmd_caption_keep <= 1:
+            raise ValueError(f"dmd_caption_keep must be in [0, 1], got {dmd_caption_keep}")
+        self.dmd_caption_keep = float(dmd_caption_keep)
         _check_image_size(image_size)
         self.num_examples = int(num_examples)
         self.image_size = int(image_size)
@@ -304,8 +325,13 @@ class ShapesEditDataset:
         if not -self.num_examples <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
         index %= self.num_examples
-        return make_example(*generate(index, self.seed, self.categories), self.image_size)
+        scene, edit, target = generate(index, self.seed, self.categories)
+        example = make_example(scene, edit, target, self.image_size)
+        if self.dmd_caption_keep < 1:
+            rng = random.Random(f"npedit.dmd-caption/{self.seed}/{index}")
+            example.dmd_caption = partial_caption(target, rng, self.dmd_caption_keep)
+        return example
 
     def __repr__(self) -> str:
         return (f"ShapesEditDataset(num_examples={self.num_examples}, image_size={self.image_size}, "
-                f"seed={self.seed}, categories={self.categories})")
+                f"seed={self.seed}, categories={self.categories}, dmd_caption_keep={self.dmd_caption_keep})")

@@ -46,12 +46,13 @@ def student_velocity(nets: Networks, student, text: torch.Tensor, ref: torch.Ten
 
 
 def dmd_prompts(batch: EditBatch, nothing: list[bool], m: MethodConfig) -> list[str]:
-    """The prompt the real and fake scores see per sample (METHOD.md step 3): the target caption, the
-    reference's caption for a do-nothing sample; with method.dmd_condition="unconditional", the
-    negative prompt for every sample (the real score's CFG then reduces to its unconditional branch)."""
+    """The prompt the real and fake scores see per sample (METHOD.md step 3): the caption of the wanted
+    result (the batch's DMD caption where it has one, else the target caption), the reference's caption
+    for a do-nothing sample; with method.dmd_condition="unconditional", the negative prompt for every
+    sample (the real score's CFG then reduces to its unconditional branch)."""
     if m.dmd_condition == "unconditional":
         return [m.negative_prompt] * len(batch)
-    return [c if n else s for n, c, s in zip(nothing, batch.captions, batch.target_captions)]
+    return [c if n else s for n, c, s in zip(nothing, batch.captions, batch.dmd_prompts())]
 
 
 def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config, rank: int):
