@@ -92,8 +92,8 @@ class DataConfig:
     batch_size: int = 4           # per rank (= DeepSpeed train_micro_batch_size_per_gpu)
     # shapes world: the edit categories trained on and scored by the oracle (balanced, in this order)
     categories: list[str] = field(default_factory=lambda: list(SHAPES_CATEGORIES))
-    # shapes world: the DMD scores' caption of the wanted result names each object with this
-    # probability (the background always), as captions of natural images do; the judge's questions
+    # shapes world: the DMD scores' caption of the wanted result names each object and the background
+    # with this probability, as captions of natural images name only part of them; the judge's questions
     # keep the full caption. 1 = the full caption. Pair it with a teacher trained on such captions
     # (`npedit pretrain teacher --caption_keep`).
     dmd_caption_keep: float = 1.0

@@ -251,20 +251,32 @@ def caption(scene: Scene) -> str:
     return f"{join_phrases([o.describe() for o in scene.objects])} on a {scene.background} background"
 
 
-def partial_caption(scene: Scene, rng, keep: float) -> str:
-    """A caption that names each object with probability `keep` and the background always, the way a
-    caption of a natural image names only some of what is in it. keep = 1 gives caption(scene); with
-    every object left out it is "a white background" ("a plain white background" says the scene is
-    empty, which a partial caption cannot)."""
+def partial_mention(scene: Scene, rng, keep: float) -> tuple[tuple[ShapeObject, ...], str | None]:
+    """What a partial caption names: each object and the background independently with probability
+    `keep` -> (named objects, named background or None)."""
     if not 0 <= keep <= 1:
         raise ValueError(f"keep must be in [0, 1], got {keep}")
-    if keep == 1 or not scene.objects:
-        return caption(scene)
     rng = as_rng(rng)
-    kept = [o for o in scene.objects if rng.random() < keep]
-    if not kept:
-        return f"a {scene.background} background"
-    return f"{join_phrases([o.describe() for o in kept])} on a {scene.background} background"
+    objects = tuple(o for o in scene.objects if rng.random() < keep)
+    return objects, (scene.background if rng.random() < keep else None)
+
+
+def describe_partial(objects, background: str | None) -> str:
+    """A partial caption's text: "a small red circle at the top left" (no background named), "a white
+    background" (no object named), "a background" (nothing named). "a plain white background" would say
+    the scene is empty, which a partial caption cannot."""
+    phrases = join_phrases([o.describe() for o in objects])
+    if background is None:
+        return phrases or "a background"
+    return f"{phrases} on a {background} background" if phrases else f"a {background} background"
+
+
+def partial_caption(scene: Scene, rng, keep: float) -> str:
+    """A caption that names each object and the background with probability `keep`, the way a caption
+    of a natural image names only some of what is in it. keep = 1 gives caption(scene)."""
+    if keep == 1:
+        return caption(scene)
+    return describe_partial(*partial_mention(scene, rng, keep))
 
 
 def words(text: str) -> list[str]:

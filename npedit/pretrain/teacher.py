@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from npedit.config import MethodConfig
 from npedit.data.oracle import parse_scenes
-from npedit.data.shapes import Scene, caption, partial_caption, random_scene, render
+from npedit.data.shapes import Scene, caption, describe_partial, partial_caption, partial_mention, random_scene, render
 from npedit.method.unroll import sample_with
 from npedit.models.codec import CodecConfig, PatchCodec
 from npedit.models.dit import DiTConfig, FlowDiT
@@ -52,8 +52,8 @@ class TeacherConfig:
     warmup: int = 100
     ema: float = 0.998
     drop_prob: float = 0.1        # caption -> negative prompt (the CFG "unconditional")
-    caption_keep: float = 1.0     # each object of a training caption is named with this probability
-                                  # (the background always): < 1 trains a teacher of partial captions
+    caption_keep: float = 1.0     # each object and the background of a training caption is named with
+                                  # this probability: < 1 trains a teacher of partial captions
     seed: int = 0
     eval_examples: int = 200
     cfg_scale: float = 3.5
@@ -119,21 +119,14 @@ def held_out_scenes(n: int) -> list[Scene]:
     return [random_scene(random.Random(f"npedit.teacher-eval/{i}")) for i in range(n)]
 
 
-def named_objects(text: str) -> list[str]:
-    """The object phrases of a (partial) caption: "a small red circle at the top and ... on a white
-    background" -> ["a small red circle at the top", ...] (a phrase never holds " and " or " on a ")."""
-    body = text.rsplit(" on a ", 1)[0] if " on a " in text else ""
-    return body.split(" and ") if body else []
-
-
-def partial_faithfulness(scenes: list[Scene], captions: list[str], images: torch.Tensor) -> dict:
-    """For partial captions: how often every object the caption names is in the parsed sample (and the
-    background is right), and how many objects the sample holds beside them, on average."""
+def partial_faithfulness(scenes: list[Scene], named: list[tuple], images: torch.Tensor) -> dict:
+    """For partial captions, named[i] = partial_mention of scenes[i]: how often the parsed sample holds
+    every named object and the named background, and how many objects it holds beside the named ones,
+    on average."""
     parsed = parse_scenes(images)
-    named = [set(named_objects(c)) for c in captions]
-    hit = [all(any(o.describe() == n for o in p.objects) for n in ns) and p.background == s.background
-           for p, s, ns in zip(parsed, scenes, named)]
-    extra = [len(p.objects) - len(ns) for p, ns in zip(parsed, named)]
+    hit = [all(o in p.objects for o in objects) and background in (None, p.background)
+           for p, (objects, background) in zip(parsed, named)]
+    extra = [len(p.objects) - len(objects) for p, (objects, _) in zip(parsed, named)]
     return {"named_present": sum(hit) / len(hit), "mean_unnamed_objects": sum(extra) / len(extra), "n": len(hit)}
 
 
@@ -160,11 +153,12 @@ def evaluate_teacher(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, cfg
         report[sampler] = faithfulness(scenes, images)
         shown[sampler] = images[:12]
     if cfg.caption_keep < 1:   # a teacher of partial captions: are the objects a partial caption names drawn?
-        partial = [partial_caption(s, random.Random(f"npedit.teacher-eval-partial/{i}"), cfg.caption_keep)
-                   for i, s in enumerate(scenes)]
+        named = [partial_mention(s, random.Random(f"npedit.teacher-eval-partial/{i}"), cfg.caption_keep)
+                 for i, s in enumerate(scenes)]
+        partial = [describe_partial(*n) for n in named]
         images = torch.cat([generate_images(dit, text, codec, partial[i:i + batch], cfg.image_size, "euler20",
                                             cfg.cfg_scale, seed=i) for i in range(0, len(partial), batch)])
-        report["partial_euler20"] = partial_faithfulness(scenes, partial, images)
+        report["partial_euler20"] = partial_faithfulness(scenes, named, images)
     if grid_path is not None:
         truth = torch.stack([render(s, cfg.image_size) for s in scenes[:12]])
         grid = image_grid([truth, shown["euler20"], shown["fewstep"]], captions[:12],
