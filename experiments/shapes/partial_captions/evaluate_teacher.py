@@ -1,0 +1,47 @@
+"""A teacher's faithfulness on full and on partial captions (`npedit.pretrain.teacher.evaluate_teacher`).
+
+Full captions: how often the parsed sample is exactly the caption's scene (20 Euler steps and the
+student's 4). Partial captions (each object and the background named with probability
+--caption_keep): how often everything named is drawn, and how many unnamed objects the sample holds
+beside the named ones. CFG 3.5, 200 held-out scenes. About a minute on one core:
+
+    python experiments/shapes/partial_captions/evaluate_teacher.py --teacher npedit/assets/shapes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from npedit.models.codec import CodecConfig, PatchCodec  # noqa: E402
+from npedit.models.dit import FlowDiT  # noqa: E402
+from npedit.models.text_encoder import TextEncoder  # noqa: E402
+from npedit.models.tokenizer import WordTokenizer  # noqa: E402
+from npedit.pretrain.teacher import TeacherConfig, TextConditioner, evaluate_teacher  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True, help="a folder holding teacher/ and text_encoder/")
+    p.add_argument("--caption_keep", type=float, default=0.5)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    folder = Path(args.teacher)
+    dit = FlowDiT.from_pretrained(folder / "teacher").eval()
+    cfg = TeacherConfig(caption_keep=args.caption_keep, image_size=dit.config.sample_size * 2)
+    text = TextConditioner(WordTokenizer.from_pretrained(folder / "teacher"),
+                           TextEncoder.from_pretrained(folder / "text_encoder").eval(), cfg.max_length)
+    report = evaluate_teacher(dit, text, PatchCodec(CodecConfig(factor=2)), cfg)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
