@@ -264,3 +264,10 @@ def test_partial_teacher_batches_and_faithfulness_on_true_renders():
     assert report["named_present"] == 1.0 and report["mean_unnamed_objects"] > 0
     wrong = partial_faithfulness(scenes, named, images.flip(-1))   # mirrored: named objects move
     assert wrong["named_present"] < 1.0
+
+
+def test_teacher_pretraining_refuses_a_caption_keep_outside_0_1(tmp_path):
+    from npedit.pretrain.teacher import TeacherConfig, train_teacher
+    with pytest.raises(ValueError, match="caption_keep must be in"):
+        train_teacher(TeacherConfig(caption_keep=2.0, steps=1), tmp_path)
+    assert not any(tmp_path.iterdir())   # refused before anything was written

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from npedit.config import MethodConfig
 from npedit.data.oracle import parse_scenes
-from npedit.data.shapes import Scene, caption, describe_partial, partial_caption, partial_mention, random_scene, render
+from npedit.data.shapes import (Scene, caption, describe_partial, partial_caption, partial_mention, random_scene,
+                                render)
 from npedit.method.unroll import sample_with
 from npedit.models.codec import CodecConfig, PatchCodec
 from npedit.models.dit import DiTConfig, FlowDiT
@@ -201,6 +202,8 @@ def _save(out: Path, dit: FlowDiT, encoder: TextEncoder, tokenizer: WordTokenize
 def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log_every: int = 100) -> dict:
     """Train, then write OUT/teacher (FlowDiT + tokenizer), OUT/text_encoder (TextEncoder + tokenizer),
     OUT/teacher_report.json (faithfulness) and OUT/teacher_samples.png."""
+    if not 0 <= cfg.caption_keep <= 1:
+        raise ValueError(f"caption_keep must be in [0, 1], got {cfg.caption_keep}")
     set_threads(threads)
     out = Path(out_dir)
     torch.manual_seed(cfg.seed)
