@@ -10,7 +10,7 @@ import torch
 from npedit.data.shapes import Scene, ShapeObject
 from npedit.models.text_encoder import TextEncoder
 from npedit.pretrain import cli
-from npedit.pretrain.teacher import TeacherConfig, train_teacher
+from npedit.pretrain.teacher import TeacherConfig, load_teacher, train_teacher
 from npedit.pretrain.text import IGNORE, CaptionParser, TextPretrainConfig, scene_targets, train_text_encoder
 
 TINY_TEXT = TextPretrainConfig(dim=32, depth=1, heads=2, steps=300, batch_size=16, warmup=10, eval_examples=40)
@@ -65,6 +65,9 @@ def test_teacher_starts_from_the_pretrained_encoder(text_run, tmp_path, train_te
     after = TextEncoder.from_pretrained(tmp_path / "text_encoder").state_dict()
     same = all(torch.equal(before[k], after[k]) for k in before)
     assert same != train_text   # frozen: bit-equal; trained further: changed
+    dit, text, codec, image_size = load_teacher(tmp_path)   # what it wrote loads back for sampling
+    assert image_size == tiny_teacher().image_size and not dit.training and not text.encoder.training
+    assert all(torch.equal(text.encoder.state_dict()[k], v) for k, v in after.items())
 
 
 def test_teacher_refuses_an_encoder_that_does_not_fit(text_run, tmp_path):

@@ -145,20 +145,21 @@ def faithfulness(scenes: list[Scene], images: torch.Tensor) -> dict:
 def evaluate_teacher(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, cfg: TeacherConfig,
                      grid_path: Path | None = None, batch: int = 50) -> dict:
     """Caption faithfulness of 20-step Euler and 4-step samples (CFG cfg.cfg_scale), parsed by the oracle."""
+    def samples(prompts: list[str], sampler: str) -> torch.Tensor:   # in batches, noise seeded per batch
+        return torch.cat([generate_images(dit, text, codec, prompts[i:i + batch], cfg.image_size, sampler,
+                                          cfg.cfg_scale, seed=i) for i in range(0, len(prompts), batch)])
+
     scenes = held_out_scenes(cfg.eval_examples)
     captions = [caption(s) for s in scenes]
     report, shown = {}, {}
     for sampler in ("euler20", "fewstep"):
-        images = torch.cat([generate_images(dit, text, codec, captions[i:i + batch], cfg.image_size, sampler,
-                                            cfg.cfg_scale, seed=i) for i in range(0, len(captions), batch)])
+        images = samples(captions, sampler)
         report[sampler] = faithfulness(scenes, images)
         shown[sampler] = images[:12]
     if cfg.caption_keep < 1:   # a teacher of partial captions: are the objects a partial caption names drawn?
         named = [partial_mention(s, random.Random(f"npedit.teacher-eval-partial/{i}"), cfg.caption_keep)
                  for i, s in enumerate(scenes)]
-        partial = [describe_partial(*n) for n in named]
-        images = torch.cat([generate_images(dit, text, codec, partial[i:i + batch], cfg.image_size, "euler20",
-                                            cfg.cfg_scale, seed=i) for i in range(0, len(partial), batch)])
+        images = samples([describe_partial(*n) for n in named], "euler20")
         report["partial_euler20"] = partial_faithfulness(scenes, named, images)
     if grid_path is not None:
         truth = torch.stack([render(s, cfg.image_size) for s in scenes[:12]])
@@ -167,6 +168,17 @@ def evaluate_teacher(dit: FlowDiT, text: TextConditioner, codec: PatchCodec, cfg
         grid_path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(grid_path)
     return report
+
+
+def load_teacher(folder: str | Path, max_length: int = TeacherConfig.max_length):
+    """A folder train_teacher wrote (teacher/ + text_encoder/), for sampling on the CPU in eval mode:
+    -> (dit, text conditioner, codec, image size)."""
+    folder = Path(folder)
+    dit = FlowDiT.from_pretrained(folder / "teacher").eval()
+    text = TextConditioner(WordTokenizer.from_pretrained(folder / "teacher"),
+                           TextEncoder.from_pretrained(folder / "text_encoder").eval(), max_length)
+    codec = PatchCodec(CodecConfig(factor=2))   # as build_teacher
+    return dit, text, codec, dit.config.sample_size * codec.config.factor
 
 
 def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT, TextEncoder, PatchCodec]:

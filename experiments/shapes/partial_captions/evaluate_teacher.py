@@ -20,11 +20,7 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from npedit.models.codec import CodecConfig, PatchCodec  # noqa: E402
-from npedit.models.dit import FlowDiT  # noqa: E402
-from npedit.models.text_encoder import TextEncoder  # noqa: E402
-from npedit.models.tokenizer import WordTokenizer  # noqa: E402
-from npedit.pretrain.teacher import TeacherConfig, TextConditioner, evaluate_teacher  # noqa: E402
+from npedit.pretrain.teacher import TeacherConfig, evaluate_teacher, load_teacher  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -33,12 +29,8 @@ def main(argv=None) -> dict:
     p.add_argument("--caption_keep", type=float, default=0.5)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    folder = Path(args.teacher)
-    dit = FlowDiT.from_pretrained(folder / "teacher").eval()
-    cfg = TeacherConfig(caption_keep=args.caption_keep, image_size=dit.config.sample_size * 2)
-    text = TextConditioner(WordTokenizer.from_pretrained(folder / "teacher"),
-                           TextEncoder.from_pretrained(folder / "text_encoder").eval(), cfg.max_length)
-    report = evaluate_teacher(dit, text, PatchCodec(CodecConfig(factor=2)), cfg)
+    dit, text, codec, image_size = load_teacher(args.teacher)
+    report = evaluate_teacher(dit, text, codec, TeacherConfig(caption_keep=args.caption_keep, image_size=image_size))
     print(json.dumps(report, indent=1))
     return report
 

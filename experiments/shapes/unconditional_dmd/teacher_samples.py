@@ -24,13 +24,8 @@ if str(REPO) not in sys.path:
 from npedit.config import MethodConfig  # noqa: E402
 from npedit.data.oracle import parse_scenes  # noqa: E402
 from npedit.data.shapes import BACKGROUNDS, caption  # noqa: E402
-from npedit.models.codec import CodecConfig, PatchCodec  # noqa: E402
-from npedit.models.dit import FlowDiT  # noqa: E402
-from npedit.models.text_encoder import TextEncoder  # noqa: E402
-from npedit.models.tokenizer import WordTokenizer  # noqa: E402
 from npedit.outputs import image_grid  # noqa: E402
-from npedit.pretrain.teacher import NEGATIVE_PROMPT, TeacherConfig, generate_images, held_out_scenes  # noqa: E402
-from npedit.pretrain.teacher import TextConditioner  # noqa: E402
+from npedit.pretrain.teacher import NEGATIVE_PROMPT, generate_images, held_out_scenes, load_teacher  # noqa: E402
 
 ASSETS = REPO / "npedit" / "assets" / "shapes"
 HERE = Path(__file__).resolve().parent
@@ -51,19 +46,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(HERE))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = TeacherConfig()
-    dit = FlowDiT.from_pretrained(ASSETS / "teacher").eval()
-    text = TextConditioner(WordTokenizer.from_pretrained(ASSETS / "teacher"),
-                           TextEncoder.from_pretrained(ASSETS / "text_encoder").eval(), cfg.max_length)
-    codec = PatchCodec(CodecConfig(factor=2))
+    dit, text, codec, image_size = load_teacher(ASSETS)
     captions = [caption(s) for s in held_out_scenes(args.num)]
     kinds = {"caption, CFG 3.5": (captions, MethodConfig().cfg_scale), "caption, no CFG": (captions, 1.0),
              "negative prompt": ([NEGATIVE_PROMPT] * args.num, 1.0)}
-    image_size = dit.config.sample_size * codec.config.factor
     images = {k: generate_images(dit, text, codec, prompts, image_size, "euler20", cfg_scale=scale)
               for k, (prompts, scale) in kinds.items()}
     report = {k: summary(v) for k, v in images.items()}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "teacher_samples.json").write_text(json.dumps(report, indent=1) + "\n")
     shown = 8
     image_grid([images[k][:shown] for k in kinds], [""] * shown, list(kinds), cell=64).save(out / "teacher_samples.png")
