@@ -242,10 +242,10 @@ def test_dataset_partial_dmd_captions_leave_everything_else_unchanged():
         shorter += b.dmd_caption != b.target_caption
     assert shorter > 30
     batch = collate([partial[i] for i in range(4)])
-    assert batch.dmd_prompts() == [partial[i].dmd_caption for i in range(4)]
-    assert batch.to("cpu").dmd_prompts() == batch.dmd_prompts() and batch[1].dmd_caption == partial[1].dmd_caption
+    assert batch.dmd_target_captions() == [partial[i].dmd_caption for i in range(4)]
+    assert batch.to("cpu").dmd_target_captions() == batch.dmd_target_captions() and batch[1].dmd_caption == partial[1].dmd_caption
     plain = collate([full[i] for i in range(4)])
-    assert plain.dmd_captions is None and plain.dmd_prompts() == plain.target_captions
+    assert plain.dmd_captions is None and plain.dmd_target_captions() == plain.target_captions
     with pytest.raises(ValueError, match="dmd_caption_keep"):
         ShapesEditDataset(10, dmd_caption_keep=-0.1)
 

@@ -47,8 +47,10 @@ class EditBatch:
     def __len__(self) -> int:
         return len(self.instructions)
 
-    def dmd_prompts(self) -> list[str]:
-        """The caption the DMD scores are prompted with, per example."""
+    def dmd_target_captions(self) -> list[str]:
+        """The caption of the wanted result the DMD scores are prompted with, per example (its own DMD
+        caption where it has one, else its target caption; method.step.dmd_prompts applies the do-nothing
+        and unconditional cases on top)."""
         own = self.dmd_captions or [""] * len(self)
         return [d or t for d, t in zip(own, self.target_captions)]
 

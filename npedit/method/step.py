@@ -52,7 +52,7 @@ def dmd_prompts(batch: EditBatch, nothing: list[bool], m: MethodConfig) -> list[
     sample (the real score's CFG then reduces to its unconditional branch)."""
     if m.dmd_condition == "unconditional":
         return [m.negative_prompt] * len(batch)
-    return [c if n else s for n, c, s in zip(nothing, batch.captions, batch.dmd_prompts())]
+    return [c if n else s for n, c, s in zip(nothing, batch.captions, batch.dmd_target_captions())]
 
 
 def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config, rank: int):
