@@ -66,6 +66,10 @@ class TeacherConfig:
     workers: int = 0              # processes rendering batches (0 = in this process: bit-reproducible)
     max_seconds: float = 0.0      # stop after this much training time (0 = steps only); the LR still decays
 
+    def __post_init__(self):
+        if not 0 <= self.caption_keep <= 1:
+            raise ValueError(f"caption_keep must be in [0, 1], got {self.caption_keep}")
+
 
 class TextConditioner:
     """tokenizer + encoder with the trainer's tokenization (pad to max_length); keeps the graph."""
@@ -177,16 +181,21 @@ def load_teacher(folder: str | Path, max_length: int = TeacherConfig.max_length)
     dit = FlowDiT.from_pretrained(folder / "teacher").eval()
     text = TextConditioner(WordTokenizer.from_pretrained(folder / "teacher"),
                            TextEncoder.from_pretrained(folder / "text_encoder").eval(), max_length)
-    codec = PatchCodec(CodecConfig(factor=2))   # as build_teacher
+    codec = teacher_codec()
     return dit, text, codec, dit.config.sample_size * codec.config.factor
 
 
+def teacher_codec() -> PatchCodec:
+    """The teacher's latent codec (parameter-free, so not saved): 2x2 pixel patches -> channels."""
+    return PatchCodec(CodecConfig(factor=2))
+
+
 def build_teacher(cfg: TeacherConfig, tokenizer: WordTokenizer) -> tuple[FlowDiT, TextEncoder, PatchCodec]:
-    codec = PatchCodec(CodecConfig(factor=2))
+    codec = teacher_codec()
     encoder = TextEncoder(TextEncoderConfig(vocab_size=tokenizer.vocab_size, dim=cfg.text_dim,
                                             depth=cfg.text_depth, max_length=cfg.max_length))
-    dit = FlowDiT(DiTConfig(in_channels=codec.latent_channels, sample_size=cfg.image_size // 2, patch_size=2,
-                            dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, text_dim=cfg.text_dim))
+    dit = FlowDiT(DiTConfig(in_channels=codec.latent_channels, sample_size=cfg.image_size // codec.config.factor,
+                            patch_size=2, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, text_dim=cfg.text_dim))
     return dit, encoder, codec
 
 
@@ -214,8 +223,6 @@ def _save(out: Path, dit: FlowDiT, encoder: TextEncoder, tokenizer: WordTokenize
 def train_teacher(cfg: TeacherConfig, out_dir: str | Path, threads: int = 1, log_every: int = 100) -> dict:
     """Train, then write OUT/teacher (FlowDiT + tokenizer), OUT/text_encoder (TextEncoder + tokenizer),
     OUT/teacher_report.json (faithfulness) and OUT/teacher_samples.png."""
-    if not 0 <= cfg.caption_keep <= 1:
-        raise ValueError(f"caption_keep must be in [0, 1], got {cfg.caption_keep}")
     set_threads(threads)
     out = Path(out_dir)
     torch.manual_seed(cfg.seed)
