@@ -3,7 +3,8 @@
 Full captions: how often the parsed sample is exactly the caption's scene (20 Euler steps and the
 student's 4). Partial captions (each object and the background named with probability
 --caption_keep): how often everything named is drawn, and how many unnamed objects the sample holds
-beside the named ones. CFG 3.5 unless --cfg_scale says otherwise, 200 held-out scenes. About a minute on one core:
+beside the named ones. CFG 3.5 (the trainer's) unless --cfg_scale says otherwise, 200 held-out
+scenes. About a minute on one core:
 
     python experiments/shapes/partial_captions/evaluate_teacher.py --teacher npedit/assets/shapes
 """
@@ -31,8 +32,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     dit, text, codec, image_size = load_teacher(args.teacher)
-    report = evaluate_teacher(dit, text, codec, TeacherConfig(caption_keep=args.caption_keep, cfg_scale=args.cfg_scale,
-                                                                image_size=image_size))
+    cfg = TeacherConfig(caption_keep=args.caption_keep, cfg_scale=args.cfg_scale, image_size=image_size)
+    report = evaluate_teacher(dit, text, codec, cfg)
     print(json.dumps(report, indent=1))
     return report
 
