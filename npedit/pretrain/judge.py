@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -33,6 +34,7 @@ from npedit.models.vlm import TinyVLM, VLMConfig
 from npedit.outputs import image_grid
 from npedit.pretrain.common import (EMA, RunningMean, Schedule, batch_stream, check_vocabulary, pick_device,
                                     set_threads, shapes_tokenizer)
+from npedit.pretrain.judge_degrade import render_degraded
 from npedit.pretrain.judge_vision import pretrain_vision
 from npedit.pretrain.judge_data import QUESTION_KINDS, GenericQuestion, random_question, template_words
 
@@ -59,6 +61,7 @@ class JudgeConfig:
     noise_prob: float = 0.5       # augmentation: Gaussian pixel noise (std ~ U[0, noise_std]) on some images
     noise_std: float = 0.06
     blur_prob: float = 0.2        # augmentation: blend with a 3x3 box blur
+    degrade_prob: float = 0.0     # this fraction of images drawn student-like (judge_degrade.py), answers unchanged
     caption_weight: float = 1.0   # next-token loss on the words of true captions (dense image-text signal)
     init_std: float = 0.1         # std of every weight / embedding at init
     curriculum: float = 0.3       # fraction of the steps that moves the question mix from EASY_KINDS to all
@@ -75,6 +78,8 @@ class JudgeConfig:
 
     def __post_init__(self):
         question_mix(self)        # ValueError on unknown kinds or bad weights, before any training
+        if not 0.0 <= self.degrade_prob <= 1.0:
+            raise ValueError(f"degrade_prob must be in [0, 1], got {self.degrade_prob}")
 
 
 # the fields that fix the judge's shape: a judge continued with init_from must match them
@@ -140,11 +145,22 @@ def load_judge(cfg: JudgeConfig, tokenizer: WordTokenizer) -> TinyVLM:
     return vlm
 
 
-def render_questions(questions: list[GenericQuestion], world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (first images [Q, 3, S, S], second images [Q, 3, S, S]; zeros where a question has one image)."""
-    first = torch.stack([render(q.scenes[0], world_size) for q in questions])
-    second = torch.stack([render(q.scenes[1], world_size) if len(q.scenes) > 1 else torch.zeros_like(first[0])
-                          for q in questions])
+def render_questions(questions: list[GenericQuestion], world_size: int, degrade_prob: float = 0.0,
+                     rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (first images [Q, 3, S, S], second images [Q, 3, S, S]; zeros where a question has one image).
+
+    With degrade_prob > 0 each image is, with that probability and independently of the other image,
+    drawn student-like by `render_degraded` (rng required)."""
+    if degrade_prob > 0 and rng is None:
+        raise ValueError("render_questions: degrade_prob > 0 needs an rng")
+
+    def draw(scene):
+        if degrade_prob > 0 and rng.random() < degrade_prob:
+            return render_degraded(scene, world_size, rng)
+        return render(scene, world_size)
+
+    first = torch.stack([draw(q.scenes[0]) for q in questions])
+    second = torch.stack([draw(q.scenes[1]) if len(q.scenes) > 1 else torch.zeros_like(first[0]) for q in questions])
     return first, second
 
 
@@ -165,7 +181,9 @@ def question_batch(cfg: JudgeConfig, rng: random.Random, step: int
     weights = kind_weights(step, cfg)
     kinds = rng.choices(list(weights), weights=list(weights.values()), k=cfg.batch_size)
     questions = [random_question(rng, kind) for kind in kinds]
-    first, second = render_questions(questions, cfg.world_size)
+    # the degradation stream is drawn from rng only when used: degrade_prob 0 keeps the shipped judge's stream
+    draw_rng = np.random.default_rng(rng.getrandbits(63)) if cfg.degrade_prob > 0 else None
+    first, second = render_questions(questions, cfg.world_size, cfg.degrade_prob, draw_rng)
     gen = torch.Generator().manual_seed(rng.getrandbits(63))
     return questions, augment(first, cfg, gen), augment(second, cfg, gen)
 
@@ -203,10 +221,11 @@ def judge_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ques
 
 @torch.no_grad()
 def judge_accuracy(vlm: TinyVLM, tokenizer: WordTokenizer, max_text_len: int, per_kind: int = 300,
-                   world_size: int = 32, seed: str = "eval", batch: int = 100) -> dict:
+                   world_size: int = 32, seed: str = "eval", batch: int = 100, degraded: bool = False) -> dict:
     """Held-out accuracy per question kind, through the trainer's BuiltinJudge (binary Yes/No logits).
 
     Questions come from the stream random.Random(f"npedit.judge-{seed}/<kind>"), disjoint from training's.
+    degraded: every image drawn student-like (judge_degrade.py; the same questions, their own seeded draws).
     -> {kind: accuracy, ..., "overall": mean over kinds, "n_per_kind": per_kind}.
     """
     judge = BuiltinJudge(vlm, tokenizer, max_text_len, "binary")
@@ -214,10 +233,11 @@ def judge_accuracy(vlm: TinyVLM, tokenizer: WordTokenizer, max_text_len: int, pe
     for kind in QUESTION_KINDS:
         rng = random.Random(f"npedit.judge-{seed}/{kind}")
         questions = [random_question(rng, kind) for _ in range(per_kind)]
+        draw_rng = np.random.default_rng(list(f"npedit.judge-{seed}/{kind}/degraded".encode())) if degraded else None
         correct = 0
         for i in range(0, per_kind, batch):
             chunk = questions[i:i + batch]
-            first, second = render_questions(chunk, world_size)
+            first, second = render_questions(chunk, world_size, float(degraded), draw_rng)
             qs = [Question(j, ("ref", "edit") if len(q.scenes) == 2 else ("edit",), q.text, q.answer)
                   for j, q in enumerate(chunk)]
             edited = torch.where(torch.tensor([len(q.scenes) == 2 for q in chunk]).view(-1, 1, 1, 1), second, first)
@@ -295,7 +315,9 @@ def train_judge(cfg: JudgeConfig, out_dir: str | Path, threads: int = 1, log_eve
     vlm = ema.model.cpu()
     report = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps": step, "final_loss": float(running),
               "vision_stage_shape_accuracy": vision_acc,
-              "accuracy": judge_accuracy(vlm, tokenizer, cfg.max_text_len, cfg.eval_per_kind, cfg.world_size)}
+              "accuracy": judge_accuracy(vlm, tokenizer, cfg.max_text_len, cfg.eval_per_kind, cfg.world_size),
+              "accuracy_degraded": judge_accuracy(vlm, tokenizer, cfg.max_text_len, cfg.eval_per_kind, cfg.world_size,
+                                                  degraded=True)}
     vlm.save_pretrained(out / "judge")
     tokenizer.save_pretrained(out / "judge")
     rng = random.Random("npedit.judge-grid")
