@@ -8,9 +8,12 @@
     # train a judge on from the shipped one, with more two-image questions in the mix
     npedit pretrain judge --world shapes --out runs/judge_ft --init_from npedit/assets/shapes \
         --kind_weights same_except=0.5,same=0.12,caption=0.3 --steps 6000 --batch_size 64 --lr 3e-4
+    # ... with half its images drawn student-like (faded, off-colour, noisy, faint ghosts)
+    npedit pretrain judge ... --degrade_prob 0.5
 
 Each writes a JSON report (teacher: caption faithfulness of its samples, and a PNG; judge: held-out
-accuracy per question type, and a PNG; text: held-out caption-parsing accuracy).
+accuracy per question type, on clean and on student-like renders, and a PNG; text: held-out
+caption-parsing accuracy).
 """
 from __future__ import annotations
 
