@@ -42,8 +42,8 @@ def _box_blur(img: np.ndarray) -> np.ndarray:
     return sum(p[dy:dy + s, dx:dx + s] for dy in range(3) for dx in range(3)) / 9.0
 
 
-def render_degraded_numpy(scene: Scene, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """[S, S, 3] float32 in [0, 1]: `scene` drawn with student-like faults (see the module docstring)."""
+def render_degraded(scene: Scene, image_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """[3, S, S] float32 in [0, 1]: `scene` drawn with student-like faults (see the module docstring)."""
     templates = coverage_templates(image_size)
     img = np.empty((image_size, image_size, 3), np.float64)
     img[:] = np.asarray(BACKGROUNDS[scene.background], np.float64) / 255 + rng.uniform(
@@ -55,20 +55,15 @@ def render_degraded_numpy(scene: Scene, image_size: int, rng: np.random.Generato
         position = free.pop(int(rng.integers(len(free))))
         ghost = random_object(rng, position, taken)
         layers.insert(0, (ghost, rng.uniform(0.05, MAX_GHOST_OPACITY)))   # under the real objects
-    for obj, opacity in layers:
+    for obj, opacity in layers:   # composited in the object's cell, as shapes.render_numpy does
         r0, r1, c0, c1 = cell_bounds(image_size, POSITIONS.index(obj.position))
-        cover = np.zeros((image_size, image_size, 1))
-        cover[r0:r1, c0:c1, 0] = templates[(obj.shape, obj.size, obj.position)] * opacity
+        cover = templates[(obj.shape, obj.size, obj.position)][..., None] * opacity
         color = np.asarray(COLORS[obj.color], np.float64) / 255 + rng.uniform(-COLOR_JITTER, COLOR_JITTER, 3)
-        img += cover * (color - img)
+        patch = img[r0:r1, c0:c1]
+        patch += cover * (color - patch)
     if rng.random() < BLUR_PROB:
         img += rng.uniform(0.0, MAX_BLUR) * (_box_blur(img) - img)
     block = int(rng.choice((2, 4)))
     coarse = rng.normal(0.0, rng.uniform(0, BLOCK_NOISE_STD), (image_size // block, image_size // block, 3))
     img += np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
-
-
-def render_degraded(scene: Scene, image_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """[3, S, S] float32 in [0, 1]; see render_degraded_numpy."""
-    return torch.from_numpy(np.ascontiguousarray(render_degraded_numpy(scene, image_size, rng).transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(np.clip(img, 0.0, 1.0).astype(np.float32).transpose(2, 0, 1)))
