@@ -241,3 +241,44 @@ def test_teacher_record_names_a_separate_real_score_and_refuses_another(tmp_path
     experiment.record_teacher(runs, sets)   # a resume with the same pair is fine
     with pytest.raises(SystemExit, match="another teacher"):
         experiment.record_teacher(runs, sets[:1])   # the same student without that real score is not
+
+
+def test_removal_signal_reads_an_objects_opacity_and_the_dmd_direction(tmp_path):
+    """object_alpha is 1 on the render, 0 with the object removed, 0.5 on their average, and does not see
+    the other cells; a difference inside one cell puts all its energy there. On a 2-step tiny run the
+    script writes, per run, the student's opacities and the real / fake signal at every noise level."""
+    sys.path.insert(0, str(REPO / "experiments" / "shapes" / "removal_signal"))
+    import measure
+    import torch
+
+    from npedit.data.shapes import Scene, ShapeObject, render
+
+    named = ShapeObject(shape="square", color="red", position="top left", size="large")
+    other = ShapeObject(shape="circle", color="blue", position="bottom right", size="small")
+    scene, removed = Scene("white", (named, other)), Scene("white", (other,))
+    for size in (16, 32):
+        full, gone = render(scene, size), render(removed, size)
+        assert measure.object_alpha(full, named, "white") == pytest.approx(1.0, abs=1e-5)
+        assert measure.object_alpha(gone, named, "white") == pytest.approx(0.0, abs=1e-5)
+        assert measure.object_alpha((full + gone) / 2, named, "white") == pytest.approx(0.5, abs=1e-5)
+        assert measure.object_alpha(gone, other, "white") == pytest.approx(1.0, abs=1e-5)
+        assert measure.cell_energy_share(full - gone, "top left") == pytest.approx(1.0)
+        assert measure.cell_energy_share(full - gone, "bottom right") == pytest.approx(0.0)
+
+    runs = tmp_path / "exp"
+    arm = runs / "npedit_s1"
+    train(arm, "--max_steps", "2", "--set", "train.oracle_eval_examples=4")
+    export = next(arm.glob("checkpoints/step_2/export"))   # the tiny preset has no teacher: the real score
+    cfg = json.loads((export / "config.json").read_text())   # is then the student's own start
+    cfg["student"]["pretrained"] = str(export / "student")
+    (export / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "signal.json"
+    assert measure.main(["--runs", str(runs), "--out", str(out), "--num_examples", "8", "--steps", "2", "7"]) == 0
+    result = json.loads(out.read_text())["results"]
+    assert list(result) == ["npedit_s1/step_2"]          # step_7 does not exist: skipped
+    r = result["npedit_s1/step_2"]
+    assert r["n"] == 8 and sum(r["alpha_named_hist"].values()) == 8 and 0 <= r["removed"] <= 1
+    assert set(r["signal"]) == {str(t) for t in measure.NOISE_LEVELS}
+    assert all(0 <= s["named_cell_share"] <= 1 and torch.isfinite(torch.tensor(s["alpha_fake"]))
+               for s in r["signal"].values())
+    assert measure.main(["--runs", str(tmp_path / "none"), "--out", str(out)]) == 2
