@@ -281,4 +281,6 @@ def test_removal_signal_reads_an_objects_opacity_and_the_dmd_direction(tmp_path)
     assert set(r["signal"]) == {str(t) for t in measure.NOISE_LEVELS}
     assert all(0 <= s["named_cell_share"] <= 1 and torch.isfinite(torch.tensor(s["alpha_fake"]))
                for s in r["signal"].values())
+    assert measure.main(["--runs", str(runs), "--out", str(out), "--num_examples", "2", "--steps", "7"]) == 0
+    assert list(json.loads(out.read_text())["results"]) == ["npedit_s1"]   # none of the steps: the final student
     assert measure.main(["--runs", str(tmp_path / "none"), "--out", str(out)]) == 2

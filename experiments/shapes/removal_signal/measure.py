@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--num_examples", type=int, default=200, help="held-out removals")
     p.add_argument("--steps", type=int, nargs="*", default=[],
-                   help="checkpoint steps to measure (each run's that has them); default: each run's latest")
+                   help="checkpoint steps to measure, where a run has them; a run with none of them (the supervised "
+                        "baseline keeps only its export) and the default: each run's final student")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -169,8 +170,8 @@ def main(argv=None) -> int:
         return 2
     results = {}
     for folder, seed in runs:
-        chosen = [folder / "checkpoints" / f"step_{n}" for n in args.steps] or [folder]
-        for checkpoint in (c for c in chosen if c.is_dir()):
+        chosen = [c for c in (folder / "checkpoints" / f"step_{n}" for n in args.steps) if c.is_dir()] or [folder]
+        for checkpoint in chosen:
             name = folder.name if checkpoint == folder else f"{folder.name}/{checkpoint.name}"
             results[name] = r = measure_run(checkpoint, seed, args.num_examples)
             print(summary_line(name, r), flush=True)
