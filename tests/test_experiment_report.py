@@ -47,6 +47,12 @@ def test_report_states_the_targets_and_which_ablations_are_clearly_worse(runs):
     assert ablations["- VLM only (dmd_weight=0)"].endswith("clearly worse in success")
 
 
+def test_one_seed_gets_no_ablation_verdict(runs):
+    summary = report.summarise(report.load_reports(runs, [0]))
+    dmd_line = next(line for line in report.ablation_lines(summary) if line.startswith("- DMD only"))
+    assert dmd_line.endswith("no verdict from one seed (no seed spread to compare the gap with)")
+
+
 def test_clearly_below_needs_more_than_the_seed_spread():
     assert report.clearly_below((0.5, 0.05), (0.3, 0.1))
     assert not report.clearly_below((0.5, 0.1), (0.35, 0.1))

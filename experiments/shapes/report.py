@@ -148,6 +148,8 @@ def ablation_lines(summary: dict) -> list[str]:
         verdict = ("clearly worse in " + " and ".join(worse)) if worse else "not clearly worse"
         if better:
             verdict += "; clearly better in " + " and ".join(better)
+        if min(len(summary["npedit"]["seeds"]), len(summary[method]["seeds"])) < 2:
+            verdict = "no verdict from one seed (no seed spread to compare the gap with)"
         lines.append(f"- {LABELS[method]}: success {_pct(theirs['success'])} vs {_pct(ours['success'])}, "
                      f"preservation {_pct(theirs['preservation'])} vs {_pct(ours['preservation'])}: {verdict}")
     return lines
