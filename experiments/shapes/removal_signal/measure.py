@@ -1,4 +1,4 @@
-"""Why the DMD and NP-Edit students do not remove objects: the score signal against what the student does.
+"""Removals in pixels: which object a student dims, and what the DMD direction says about it.
 
 For N held-out removals and every finished run of an experiment folder (run.py --out) this measures:
 
