@@ -82,6 +82,7 @@ def load_fake_score(checkpoint: Path, like: torch.nn.Module) -> torch.nn.Module:
 def score_signal(editor, fake, real, data, outputs: torch.Tensor, seed: int) -> dict:
     """alpha of the named object in the real and fake x0 predictions from the student's own outputs, and
     the named cell's share of |x_real - x_fake|^2, per noise level (means over the removals)."""
+    from npedit import ops
     from npedit.method.losses import cfg_velocity
 
     m, diffusion = editor.config.method, editor.diffusion
@@ -90,15 +91,15 @@ def score_signal(editor, fake, real, data, outputs: torch.Tensor, seed: int) -> 
     cap = diffusion.encode_text([caption(target) for target in data.targets])
     neg = diffusion.encode_text([m.negative_prompt] * n)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    named = [(s.object_named(e.object), s.background) for s, e in zip(data.scenes, data.edits)]
     rows = {}
     for t in NOISE_LEVELS:
         tt = torch.full((n,), t)
-        x_t = (1 - t) * x0 + t * noise
+        x_t, _ = ops.flow_noise(x0, noise, tt)
         v_real = cfg_velocity(diffusion.velocity(real, x_t, tt, cap), diffusion.velocity(real, x_t, tt, neg),
                               torch.full((n,), m.cfg_scale_hard))
         x_real = diffusion.decode_latents(x_t - t * v_real)
         x_fake = diffusion.decode_latents(x_t - t * diffusion.velocity(fake, x_t, tt, cap))
-        named = [(s.object_named(e.object), s.background) for s, e in zip(data.scenes, data.edits)]
         rows[str(t)] = {
             "alpha_real": float(np.mean([object_alpha(x_real[i], o, b) for i, (o, b) in enumerate(named)])),
             "alpha_fake": float(np.mean([object_alpha(x_fake[i], o, b) for i, (o, b) in enumerate(named)])),
@@ -113,7 +114,7 @@ def measure_run(checkpoint: Path, seed: int, num_examples: int) -> dict:
     `seed` is the run's sampling-noise seed."""
     from npedit.engine.checkpoint import latest_checkpoint
     from npedit.data.oracle import parse_scenes
-    from npedit.eval.shapes_eval import held_out_edits, run_editor
+    from npedit.eval.shapes_eval import held_out_edits, run_editor, score_edit
     from npedit.inference import Editor
     from npedit.models.dit import FlowDiT
 
@@ -125,7 +126,7 @@ def measure_run(checkpoint: Path, seed: int, num_examples: int) -> dict:
     others = [[object_alpha(outputs[i], o, s.background) for o in s.objects if o != n]
               for i, (n, s) in enumerate(zip(named, data.scenes))]
     with_others = [i for i, a in enumerate(others) if a]            # removals from scenes of 2-3 objects
-    removed = [all(o.position != n.position for o in p.objects) for p, n in zip(parse_scenes(outputs), named)]
+    removed = [score_edit(s, e, p)[0] for s, e, p in zip(data.scenes, data.edits, parse_scenes(outputs))]
     result = {"alpha_named_mean": float(alphas.mean()), "alpha_named_median": float(np.median(alphas)),
               "alpha_named_hist": dict(zip(ALPHA_BIN_NAMES, np.histogram(alphas, bins=ALPHA_BINS)[0].tolist())),
               "alpha_others_mean": mean_or_nan([a for i in with_others for a in others[i]]),
@@ -177,9 +178,8 @@ def main(argv=None) -> int:
             print(summary_line(name, r), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": args.runs, "num_examples": args.num_examples,
-                                                          "noise_levels": NOISE_LEVELS, "results": results},
-                                                         indent=2) + "\n")
+    out.write_text(json.dumps({"runs": args.runs, "num_examples": args.num_examples, "noise_levels": NOISE_LEVELS,
+                               "results": results}, indent=2) + "\n")
     return 0
 
 
