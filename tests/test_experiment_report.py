@@ -53,6 +53,35 @@ def test_one_seed_gets_no_ablation_verdict(runs):
     assert dmd_line.endswith("no verdict from one seed (no seed spread to compare the gap with)")
 
 
+def test_an_earlier_results_json_adds_the_seeds_the_runs_lack(runs):
+    """--merge: seed 3 of an earlier report joins seeds 0-1 on disk; its seed 0 does not replace the run's."""
+    earlier = report.load_reports(runs, [0, 2])
+    for rows in earlier.values():
+        for row in rows:
+            row["seed"] = 3 if row["seed"] == 2 else 0
+    earlier["npedit"][0]["overall"] = dict(earlier["npedit"][0]["overall"], success=0.99)  # seed 0: ignored
+    merged = report.merge_reports(report.load_reports(runs, [0, 1]), {"runs": earlier})
+    assert [r["seed"] for r in merged["npedit"]] == [0, 1, 3]
+    assert [r["overall"]["success"] for r in merged["npedit"]] == pytest.approx([0.5, 0.55, 0.6])
+    assert [r["seed"] for r in merged["untrained"]] == [0, 1, 3]
+    summary = report.summarise(merged)
+    assert summary["supervised"]["seeds"] == [0, 1, 3]
+    assert summary["npedit"]["overall"]["success"][0] == pytest.approx(0.55)
+
+
+def test_merge_refuses_reports_scored_on_other_held_out_sets(runs, tmp_path_factory, capsys):
+    earlier = report.load_reports(runs, [2])
+    for rows in earlier.values():
+        for row in rows:
+            row.update(seed=3, num_examples=1200)
+    path = tmp_path_factory.mktemp("earlier") / "results.json"
+    path.write_text(json.dumps({"seeds": [3], "runs": earlier}))
+    out = tmp_path_factory.mktemp("out")
+    assert report.main(["--runs", str(runs), "--seeds", "0", "1", "--merge", str(path), "--out", str(out)]) == 2
+    assert "different numbers of held-out edits ([20, 1200])" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+
+
 def test_clearly_below_needs_more_than_the_seed_spread():
     assert report.clearly_below((0.5, 0.05), (0.3, 0.1))
     assert not report.clearly_below((0.5, 0.1), (0.35, 0.1))

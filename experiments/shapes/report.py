@@ -5,7 +5,8 @@
 Reads RUNS/<method>_s<seed>/oracle_report.json ("after"; the untrained student is the "before" of
 the NP-Edit runs; "warmup" is the trainer arms' shared reference-copy warm-up), or the file named by
 --report (rescore.py's larger held-out set), and writes OUT/{results.json, RESULTS.md, bars.png,
-samples.png}.
+samples.png}. `--merge EARLIER/results.json` adds an earlier report's runs for the seeds whose folders
+are gone (the sample grid is drawn from the first seed on disk).
 """
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ def load_reports(runs: Path, seeds: list[int], name: str = "oracle_report.json")
                     report["wall_seconds"] = float(wall.read_text())
                 out[method].append(report)
     return out
+
+
+def merge_reports(reports: dict[str, list[dict]], earlier: dict) -> dict[str, list[dict]]:
+    """Add the per-seed reports of an earlier report.py results.json (its "runs") for every (method,
+    seed) that `reports` lacks: seeds whose run folders are gone can join new seeds in one table. Each
+    method's rows come back sorted by seed."""
+    merged = {m: list(rows) for m, rows in reports.items()}
+    for method, rows in earlier["runs"].items():
+        have = {r["seed"] for r in merged.setdefault(method, [])}
+        merged[method] += [r for r in rows if r["seed"] not in have]
+    return {m: sorted(rows, key=lambda r: r["seed"]) for m, rows in merged.items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -258,24 +270,37 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--report", default="oracle_report.json",
                    help="the file read in each run folder: the trainer's report, or rescore.py's --name")
+    p.add_argument("--merge", default=None, metavar="RESULTS_JSON",
+                   help="an earlier results.json whose runs join the table where RUNS lacks that method and "
+                        "seed (a committed seed whose run folders are gone); the same held-out edits are assumed")
     args = p.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports = load_reports(runs, args.seeds, args.report)
+    if args.merge:
+        reports = merge_reports(reports, json.loads(Path(args.merge).read_text()))
+        sizes = {r["num_examples"] for rows in reports.values() for r in rows}
+        if len(sizes) > 1:
+            print(f"--merge {args.merge}: its runs and those under {runs} were scored on different numbers of "
+                  f"held-out edits ({sorted(sizes)}); rescore one side first", file=sys.stderr)
+            return 2
+    seeds = sorted({r["seed"] for rows in reports.values() for r in rows})
     summary = summarise(reports)
     if not summary:
         print(f"no finished runs under {runs}", file=sys.stderr)
         return 2
     n = next(r for rows in reports.values() for r in rows)["num_examples"]
     budget = budget_line(runs)
-    (out / "results.json").write_text(json.dumps({"seeds": args.seeds, "summary": summary,
+    (out / "results.json").write_text(json.dumps({"seeds": seeds, "summary": summary,
                                                   "runs": reports}, indent=1) + "\n")
-    (out / "RESULTS.md").write_text(markdown(summary, args.seeds, n, budget))
+    (out / "RESULTS.md").write_text(markdown(summary, seeds, n, budget))
     bar_chart(summary, out / "bars.png")
     with torch.no_grad():
         first = next(r for rows in reports.values() for r in rows)
-        sample_grid(runs, args.seeds[0], out / "samples.png",
-                    categories=tuple(first.get("categories", SHAPES_CATEGORIES)))
+        on_disk = [s for s in args.seeds if any(runs.glob(f"*_s{s}"))]   # the grid needs a seed's models
+        if on_disk:
+            sample_grid(runs, on_disk[0], out / "samples.png",
+                        categories=tuple(first.get("categories", SHAPES_CATEGORIES)))
     print((out / "RESULTS.md").read_text())
     return 0
 
