@@ -66,6 +66,10 @@ def merge_reports(reports: dict[str, list[dict]], earlier: dict) -> dict[str, li
     return {m: sorted(rows, key=lambda r: r["seed"]) for m, rows in merged.items()}
 
 
+def seeds_of(reports: dict[str, list[dict]]) -> list[int]:
+    return sorted({r["seed"] for rows in reports.values() for r in rows})
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
@@ -277,6 +281,7 @@ def main(argv=None) -> int:
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports = load_reports(runs, args.seeds, args.report)
+    on_disk = [s for s in args.seeds if s in seeds_of(reports)]   # seeds with run folders: the grid needs their models
     if args.merge:
         reports = merge_reports(reports, json.loads(Path(args.merge).read_text()))
         sizes = {r["num_examples"] for rows in reports.values() for r in rows}
@@ -284,7 +289,7 @@ def main(argv=None) -> int:
             print(f"--merge {args.merge}: its runs and those under {runs} were scored on different numbers of "
                   f"held-out edits ({sorted(sizes)}); rescore one side first", file=sys.stderr)
             return 2
-    seeds = sorted({r["seed"] for rows in reports.values() for r in rows})
+    seeds = seeds_of(reports)
     summary = summarise(reports)
     if not summary:
         print(f"no finished runs under {runs}", file=sys.stderr)
@@ -297,7 +302,6 @@ def main(argv=None) -> int:
     bar_chart(summary, out / "bars.png")
     with torch.no_grad():
         first = next(r for rows in reports.values() for r in rows)
-        on_disk = [s for s in args.seeds if any(runs.glob(f"*_s{s}"))]   # the grid needs a seed's models
         if on_disk:
             sample_grid(runs, on_disk[0], out / "samples.png",
                         categories=tuple(first.get("categories", SHAPES_CATEGORIES)))
