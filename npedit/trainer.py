@@ -134,6 +134,13 @@ class Trainer:
         return save_sample_grid(self.output_dir / "samples" / f"step_{step}.png", batch.images.cpu(),
                                 images.cpu(), [f"[{c}] {s}" for c, s in zip(batch.categories, batch.instructions)])
 
+    def has_oracle_report(self, when: str) -> bool:
+        """Whether oracle_report.json holds `when` already (True for runs that make no oracle report)."""
+        if self.cfg.data.kind != "shapes" or self.cfg.train.oracle_eval_examples <= 0:
+            return True
+        path = self.output_dir / "oracle_report.json"
+        return path.is_file() and when in json.loads(path.read_text())
+
     def oracle_report(self, when: str) -> dict | None:
         """Shapes world only: edit held-out scenes and score them against the renderer's truth."""
         n = self.cfg.train.oracle_eval_examples
@@ -187,8 +194,8 @@ class Trainer:
             if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
                 self.checkpoint(done)
         bar.close()
-        if self.start_step < cfg.max_steps:
-            self.oracle_report("after")
+        if self.start_step < cfg.max_steps or not self.has_oracle_report("after"):
+            self.oracle_report("after")   # also for a run stopped between its last checkpoint and this report
         if self.log is not None:
             self.log.close()
         barrier()

@@ -114,6 +114,20 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
     assert lrs[2:] == [r["lr"] for r in read_metrics(tmp_path / "straight")][2:]
 
 
+def test_a_run_stopped_before_its_final_report_writes_it_on_resume(tmp_path):
+    """Killed after its last checkpoint but before the "after" oracle report: the resume trains no
+    step and writes the missing report."""
+    oracle = ["--set", "train.oracle_eval_examples=6"]
+    train(tmp_path, "--max_steps", "2", *oracle)
+    path = tmp_path / "oracle_report.json"
+    reports = json.loads(path.read_text())
+    assert set(reports) == {"before", "after"}
+    path.write_text(json.dumps({"before": reports["before"]}))
+    train(tmp_path, "--max_steps", "2", "--resume", *oracle)
+    assert json.loads(path.read_text())["after"] == reports["after"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
 @pytest.mark.parametrize("mode", ["selective", "full"])
 def test_checkpointing_under_zero3_trains_like_keeping_every_activation(straight_run, tmp_path, mode):
     """The DeepSpeed ZeRO-3 engines gather weights inside checkpointed blocks, differently in forward
