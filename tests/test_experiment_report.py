@@ -138,6 +138,55 @@ def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
         experiment.fork_from_warmup(warmup, tmp_path / "elsewhere", 800)
 
 
+def _checkpoint(folder, step):
+    from npedit.engine.checkpoint import STATE_FILE
+
+    (folder / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    (folder / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+
+
+def test_an_interrupted_trainer_run_continues_and_a_supervised_one_starts_over(tmp_path, monkeypatch):
+    """run.py run again: the arm with a checkpoint of its own and its "before" report resumes in place
+    (its checkpoint and log kept); one with neither, and the supervised run (no checkpoints), start over."""
+    calls = {}
+
+    def fake_run(cmd, **kwargs):
+        calls[kwargs["stdout"].name] = cmd
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    warmup = tmp_path / "warmup_s0"
+    write_report(warmup, {"before": (0.1, 0.2), "after": (0.3, 0.4)})
+    _checkpoint(warmup, 1200)
+    (warmup / "metrics.jsonl").write_text("")
+    done = type("Done", (), {"result": lambda self: None})()
+
+    arm = tmp_path / "npedit_s0"
+    write_report(arm, {"before": (0.1, 0.2)})
+    _checkpoint(arm, 1200)
+    _checkpoint(arm, 2400)
+    (arm / "log.txt").write_text("first attempt\n")
+    experiment.run_one("npedit", 0, tmp_path, [], 1, done, 1200)
+    assert sorted(p.name for p in (arm / "checkpoints").iterdir()) == ["step_1200", "step_2400"]
+    assert (arm / "log.txt").read_text().startswith("first attempt\n")
+    assert "--resume" in calls[str(arm / "log.txt")]
+
+    broken = tmp_path / "dmd_only_s0"   # stopped while forking: a partial copy and no report
+    (broken / "checkpoints" / ".tmp_step_1200").mkdir(parents=True)
+    experiment.run_one("dmd_only", 0, tmp_path, [], 1, done, 1200)
+    assert sorted(p.name for p in (broken / "checkpoints").iterdir()) == ["step_1200"]   # forked afresh
+
+    supervised = tmp_path / "supervised_s0"
+    supervised.mkdir()
+    (supervised / "metrics.jsonl").write_text('{"step": 5}\n')
+    experiment.run_one("supervised", 0, tmp_path, [], 1)
+    assert not (supervised / "metrics.jsonl").exists()
+    assert "--resume" not in calls[str(supervised / "log.txt")]
+
+    warm_cmd = experiment.command(experiment.WARMUP, 0, warmup, [], 1, warmup_steps=1200, resume=True)
+    assert "--resume" in warm_cmd
+
+
 def test_the_report_has_a_warmup_only_row(runs):
     write_report(runs / "warmup_s0", {"before": (0.1, 0.1), "after": (0.2, 0.3)})
     summary = report.summarise(report.load_reports(runs, [0, 1, 2]))

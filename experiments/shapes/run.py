@@ -6,9 +6,10 @@ oracle report of the NP-Edit runs. The reference-copy warm-up does not depend on
 loss weights, so the trainer arms of a seed (NP-Edit, DMD-only, VLM-only) share one: it runs once to
 OUT/warmup_s<seed>/ (its own oracle report is the "warm-up only" row) and each arm resumes from its
 last checkpoint, exactly as if it had run straight through (the trainer's resume is step-exact).
-The arms then differ only in what the NP-Edit stage did. Runs go to OUT/<method>_s<seed>/ (a
-finished run is skipped, so the command resumes), then report.py writes RESULTS.md, results.json
-and the figures.
+The arms then differ only in what the NP-Edit stage did. Runs go to OUT/<method>_s<seed>/; the
+same command run again skips the finished runs and continues an interrupted warm-up or trainer arm
+from its newest complete checkpoint (a supervised run, which keeps none, starts over). Then
+report.py writes RESULTS.md, results.json and the figures.
 
     python experiments/shapes/run.py --seeds 0 1 2 --jobs 2 --out runs/exp_shapes
 """
@@ -54,17 +55,18 @@ def preset_config(overrides: list[str]):
 
 
 def command(method: str, seed: int, out: Path, overrides: list[str], threads: int,
-            warmup_steps: int = 0) -> list[str]:
+            warmup_steps: int = 0, resume: bool = False) -> list[str]:
     """The run's command line. method WARMUP: the trainer stopped after `warmup_steps`; a trainer arm
-    with warmup_steps > 0 resumes from the warm-up checkpoint copied into `out` (fork_from_warmup)."""
+    with warmup_steps > 0 resumes from the warm-up checkpoint copied into `out` (fork_from_warmup);
+    `resume`: either continues from its own newest checkpoint in `out` (an interrupted run)."""
     sets = [a for o in overrides for a in ("--set", o)]
     if method != WARMUP and METHODS[method] is None:
         return [sys.executable, str(HERE / "supervised.py"), "--seed", str(seed), "--output_dir", str(out),
                 "--threads", str(threads), *sets]
     if method == WARMUP:
-        extra = ["--set", f"train.max_steps={warmup_steps}"]
+        extra = ["--set", f"train.max_steps={warmup_steps}"] + (["--resume"] if resume else [])
     else:
-        extra = [a for o in METHODS[method] for a in ("--set", o)] + (["--resume"] if warmup_steps else [])
+        extra = [a for o in METHODS[method] for a in ("--set", o)] + (["--resume"] if warmup_steps or resume else [])
     return [sys.executable, str(REPO / "npedit" / "train.py"), "--preset", "shapes", "--output_dir", str(out),
             "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *sets, *extra]
 
@@ -81,7 +83,12 @@ def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
     if last.name != f"step_{warmup_steps}":
         raise RuntimeError(f"the warm-up run {warmup} ends at {last.name}, but this experiment's warm-up stage "
                            f"has {warmup_steps} steps; use a new --out")
-    shutil.copytree(last, out / "checkpoints" / last.name)
+    # copied under a temporary name, then renamed: an interrupted fork leaves no complete-looking
+    # checkpoint behind; the report is written last, so its presence means the fork is whole
+    partial = out / "checkpoints" / f".tmp_{last.name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(last, partial)
+    partial.rename(out / "checkpoints" / last.name)
     shutil.copy2(warmup / "metrics.jsonl", out / "metrics.jsonl")
     before = json.loads((warmup / "oracle_report.json").read_text())["before"]
     (out / "oracle_report.json").write_text(json.dumps({"before": before}, indent=2))
@@ -117,14 +124,28 @@ def finished(out: Path) -> bool:
     return path.is_file() and "after" in json.loads(path.read_text())
 
 
+def resumable(method: str, out: Path) -> bool:
+    """An interrupted trainer run (warm-up or arm) with a complete checkpoint of its own and its
+    "before" report (a forked arm's is written once the fork is whole): it can go on from there.
+    supervised.py keeps no checkpoints, so an interrupted supervised run cannot."""
+    from npedit.engine.checkpoint import latest_checkpoint
+
+    if method != WARMUP and METHODS[method] is None:
+        return False
+    return latest_checkpoint(out) is not None and (out / "oracle_report.json").is_file()
+
+
 def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: int,
             warmup: Future | None = None, warmup_steps: int = 0) -> tuple[str, int, float]:
     """One run to ROOT/<method>_s<seed>. A trainer arm given the `warmup` future of its seed waits for
-    it and starts from its checkpoint; its wall time then counts the warm-up's too."""
+    it and starts from its checkpoint; its wall time then counts the warm-up's too. An interrupted
+    run continues from its newest checkpoint where it has one (its wall time then counts only this
+    attempt), else starts again from scratch."""
     out = root / f"{method}_s{seed}"
     if finished(out):
         return method, seed, 0.0
-    if out.exists():   # an interrupted run: start it again from scratch
+    resume = out.exists() and resumable(method, out)
+    if out.exists() and not resume:
         shutil.rmtree(out)
     shared = warmup is not None
     warmup_seconds = 0.0
@@ -133,16 +154,21 @@ def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: i
         warmup_dir = root / f"{WARMUP}_s{seed}"
         wall = warmup_dir / "wall_seconds.txt"
         warmup_seconds = float(wall.read_text()) if wall.is_file() else 0.0
-    out.mkdir(parents=True)
-    if shared:
-        fork_from_warmup(warmup_dir, out, warmup_steps)
+    if not resume:
+        out.mkdir(parents=True)
+        if shared:
+            fork_from_warmup(warmup_dir, out, warmup_steps)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)   # the trainer picks a free rendezvous port per process
     start = time.time()
-    with (out / "log.txt").open("w") as log:
-        cmd = command(method, seed, out, overrides, threads, warmup_steps if (shared or method == WARMUP) else 0)
+    with (out / "log.txt").open("a" if resume else "w") as log:
+        if resume:
+            log.write(f"\n[run.py] continuing the interrupted run from its newest checkpoint\n")
+            log.flush()
+        cmd = command(method, seed, out, overrides, threads, warmup_steps if (shared or method == WARMUP) else 0,
+                      resume=resume)
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     took = time.time() - start + warmup_seconds
     (out / "wall_seconds.txt").write_text(f"{took:.1f}\n")
