@@ -165,7 +165,7 @@ def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: i
     start = time.time()
     with (out / "log.txt").open("a" if resume else "w") as log:
         if resume:
-            log.write(f"\n[run.py] continuing the interrupted run from its newest checkpoint\n")
+            log.write("\n[run.py] continuing the interrupted run from its newest checkpoint\n")
             log.flush()
         cmd = command(method, seed, out, overrides, threads, warmup_steps if (shared or method == WARMUP) else 0,
                       resume=resume)
