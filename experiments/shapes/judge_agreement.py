@@ -161,6 +161,8 @@ def main(argv=None) -> int:
                         for q in ("edit", "identity")}
         rows[method].update({key: {c: _mean([r[key][c] for r in results]) for c in results[0][key]}
                              for key in ("edit_by_category", "success_by_category")})
+    if judge_name and Path(judge_name).resolve().is_relative_to(REPO):   # a path inside the repository: shown relative
+        judge_name = str(Path(judge_name).resolve().relative_to(REPO))
     result = {"judge": judge_name, "seeds": args.seeds, "num_examples": args.num_examples, "rows": rows, "runs": per_method}
     out.mkdir(parents=True, exist_ok=True)
     (out / "judge_agreement.json").write_text(json.dumps(result, indent=1) + "\n")
