@@ -135,11 +135,14 @@ class Trainer:
                                 images.cpu(), [f"[{c}] {s}" for c, s in zip(batch.categories, batch.instructions)])
 
     def has_oracle_report(self, when: str) -> bool:
-        """Whether oracle_report.json holds `when` already (True for runs that make no oracle report)."""
+        """Whether rank 0's oracle_report.json holds `when` already (True for runs that make no oracle
+        report). A collective: every rank gets rank 0's answer (the report itself is one too, and other
+        ranks may not see rank 0's files)."""
         if self.cfg.data.kind != "shapes" or self.cfg.train.oracle_eval_examples <= 0:
             return True
         path = self.output_dir / "oracle_report.json"
-        return path.is_file() and when in json.loads(path.read_text())
+        missing = self.rank == 0 and not (path.is_file() and when in json.loads(path.read_text()))
+        return mean_across_ranks({"missing": float(missing)})["missing"] == 0
 
     def oracle_report(self, when: str) -> dict | None:
         """Shapes world only: edit held-out scenes and score them against the renderer's truth."""

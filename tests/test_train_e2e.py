@@ -146,15 +146,28 @@ def test_keeps_only_the_latest_checkpoints_and_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.multiproc
 def test_two_ranks_zero3_with_the_deepspeed_launcher(tmp_path):
-    run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29631",
-         "npedit/train.py", "--ds_config", "configs/zero3_cpu.json", "--preset", "shapes_tiny",
-         "--output_dir", str(tmp_path), "--max_steps", "3"], timeout=900)
+    """Then, with its final oracle report taken away (a run stopped just before it), a resume on both
+    ranks writes the report again without training or hanging (the report is a collective)."""
+    def launch(*extra):
+        run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29631",
+             "npedit/train.py", "--ds_config", "configs/zero3_cpu.json", "--preset", "shapes_tiny",
+             "--output_dir", str(tmp_path), "--max_steps", "3", "--set", "train.oracle_eval_examples=4", *extra],
+            timeout=900)
+
+    launch()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss_student"])) for r in rows)
     assert (tmp_path / "checkpoints" / "step_3" / "trainer_state.json").is_file()
     shards = sorted((tmp_path / "checkpoints" / "step_3" / "student" / "ds").glob("*optim_states.pt"))
     assert len(shards) == 2  # one ZeRO-3 optimizer shard per rank
+
+    report = tmp_path / "oracle_report.json"
+    before = json.loads(report.read_text())["before"]
+    report.write_text(json.dumps({"before": before}))
+    launch("--resume")
+    assert set(json.loads(report.read_text())) == {"before", "after"}
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
 @pytest.mark.multiproc
