@@ -134,27 +134,35 @@ class Trainer:
         return save_sample_grid(self.output_dir / "samples" / f"step_{step}.png", batch.images.cpu(),
                                 images.cpu(), [f"[{c}] {s}" for c, s in zip(batch.categories, batch.instructions)])
 
+    @property
+    def makes_oracle_report(self) -> bool:
+        """Shapes world with train.oracle_eval_examples > 0: reports before and after training."""
+        return self.cfg.data.kind == "shapes" and self.cfg.train.oracle_eval_examples > 0
+
+    @property
+    def oracle_report_path(self) -> Path:
+        return self.output_dir / "oracle_report.json"
+
     def has_oracle_report(self, when: str) -> bool:
         """Whether rank 0's oracle_report.json holds `when` already (True for runs that make no oracle
         report). A collective: every rank gets rank 0's answer (the report itself is one too, and other
         ranks may not see rank 0's files)."""
-        if self.cfg.data.kind != "shapes" or self.cfg.train.oracle_eval_examples <= 0:
+        if not self.makes_oracle_report:
             return True
-        path = self.output_dir / "oracle_report.json"
+        path = self.oracle_report_path
         missing = self.rank == 0 and not (path.is_file() and when in json.loads(path.read_text()))
         return mean_across_ranks({"missing": float(missing)})["missing"] == 0
 
     def oracle_report(self, when: str) -> dict | None:
         """Shapes world only: edit held-out scenes and score them against the renderer's truth."""
-        n = self.cfg.train.oracle_eval_examples
-        if self.cfg.data.kind != "shapes" or n <= 0:
+        if not self.makes_oracle_report:
             return None
         from npedit.eval.shapes_eval import evaluate_editor, format_report
 
-        report = evaluate_editor(self.edit, num_examples=n, image_size=self.cfg.data.image_size,
-                                 categories=tuple(self.cfg.data.categories))
+        report = evaluate_editor(self.edit, num_examples=self.cfg.train.oracle_eval_examples,
+                                 image_size=self.cfg.data.image_size, categories=tuple(self.cfg.data.categories))
         if self.rank == 0:
-            path = self.output_dir / "oracle_report.json"
+            path = self.oracle_report_path
             reports = json.loads(path.read_text()) if path.is_file() else {}
             reports[when] = report
             path.write_text(json.dumps(reports, indent=2))

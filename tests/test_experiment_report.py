@@ -106,16 +106,21 @@ def test_report_without_a_teacher_record_says_so(tmp_path):
     assert "not recorded" in report.teacher_line(tmp_path)
 
 
+def _checkpoint(folder, step):
+    """A complete-looking checkpoint folder: step_<step>/ with its trainer state."""
+    from npedit.engine.checkpoint import STATE_FILE
+
+    (folder / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    (folder / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+
+
 def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
     """The arm gets the warm-up's newest complete checkpoint, its metrics log and only its "before"
     report (the untrained student); its command resumes, and the warm-up's stops after the warm-up."""
-    from npedit.engine.checkpoint import STATE_FILE
-
     warmup = tmp_path / "warmup_s0"
     write_report(warmup, {"before": (0.1, 0.2), "after": (0.3, 0.4)})
     for step in (750, 1200):
-        (warmup / "checkpoints" / f"step_{step}").mkdir(parents=True)
-        (warmup / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        _checkpoint(warmup, step)
     (warmup / "checkpoints" / ".tmp_step_1500").mkdir()   # an unfinished save is never forked
     (warmup / "metrics.jsonl").write_text('{"step": 1}\n')
     arm = tmp_path / "npedit_s0"
@@ -136,13 +141,6 @@ def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
         experiment.fork_from_warmup(tmp_path / "vlm_only_s0", tmp_path / "elsewhere", 1200)
     with pytest.raises(RuntimeError, match="ends at step_1200, but this experiment's warm-up stage has 800"):
         experiment.fork_from_warmup(warmup, tmp_path / "elsewhere", 800)
-
-
-def _checkpoint(folder, step):
-    from npedit.engine.checkpoint import STATE_FILE
-
-    (folder / "checkpoints" / f"step_{step}").mkdir(parents=True)
-    (folder / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
 
 
 def test_an_interrupted_trainer_run_continues_and_a_supervised_one_starts_over(tmp_path, monkeypatch):
@@ -276,13 +274,10 @@ def test_rescore_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_path):
-    from npedit.engine.checkpoint import STATE_FILE
-
-    arm = tmp_path / "npedit_s0" / "checkpoints"
     for step in (1200, 2100):   # step_1200 is the warm-up's, forked into the arm
-        export = arm / f"step_{step}" / "export"
-        export.mkdir(parents=True)
-        (arm / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        _checkpoint(tmp_path / "npedit_s0", step)
+        export = tmp_path / "npedit_s0" / "checkpoints" / f"step_{step}" / "export"
+        export.mkdir()
         (export / "config.json").write_text(json.dumps(
             {"train": {"max_steps": step, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
     assert report.budget_line(tmp_path).startswith("Budget per method: 2100 steps of batch 4 (1200 of them")

@@ -46,6 +46,11 @@ METHODS: dict[str, list[str] | None] = {
 WARMUP = "warmup"   # the shared reference-copy warm-up of the trainer arms (OUT/warmup_s<seed>)
 
 
+def is_supervised(method: str) -> bool:
+    """Trained by supervised.py on true pairs (no warm-up fork, no checkpoints), not by the trainer."""
+    return method != WARMUP and METHODS[method] is None
+
+
 def preset_config(overrides: list[str]):
     """The `shapes` preset with the experiment's overrides (the budget every method gets)."""
     from npedit.config import apply_overrides
@@ -60,7 +65,7 @@ def command(method: str, seed: int, out: Path, overrides: list[str], threads: in
     with warmup_steps > 0 resumes from the warm-up checkpoint copied into `out` (fork_from_warmup);
     `resume`: either continues from its own newest checkpoint in `out` (an interrupted run)."""
     sets = [a for o in overrides for a in ("--set", o)]
-    if method != WARMUP and METHODS[method] is None:
+    if is_supervised(method):
         return [sys.executable, str(HERE / "supervised.py"), "--seed", str(seed), "--output_dir", str(out),
                 "--threads", str(threads), *sets]
     if method == WARMUP:
@@ -130,7 +135,7 @@ def resumable(method: str, out: Path) -> bool:
     supervised.py keeps no checkpoints, so an interrupted supervised run cannot."""
     from npedit.engine.checkpoint import latest_checkpoint
 
-    if method != WARMUP and METHODS[method] is None:
+    if is_supervised(method):
         return False
     return latest_checkpoint(out) is not None and (out / "oracle_report.json").is_file()
 
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
     record_teacher(root, args.overrides)
     threads = max(1, 2 // args.jobs)
     warmup_steps = preset_config(args.overrides).train.warmup_stage_steps
-    arms = [m for m in args.methods if METHODS[m] is not None]
+    arms = [m for m in args.methods if not is_supervised(m)]
     start = time.time()
 
     def report(job: Future) -> None:
@@ -211,7 +216,7 @@ def main(argv=None) -> int:
                        for s in args.seeds}
         jobs = list(warmups.values())
         jobs += [pool.submit(run_one, m, s, root, args.overrides, threads)
-                 for m in args.methods if METHODS[m] is None for s in args.seeds]
+                 for m in args.methods if is_supervised(m) for s in args.seeds]
         jobs += [pool.submit(run_one, m, s, root, args.overrides, threads, warmups.get(s), warmup_steps)
                  for m in arms for s in args.seeds]
         for job in jobs:
