@@ -185,6 +185,50 @@ def test_an_interrupted_trainer_run_continues_and_a_supervised_one_starts_over(t
     assert "--resume" in warm_cmd
 
 
+def test_extend_from_continues_finished_arms_to_a_larger_budget(tmp_path, monkeypatch, capsys):
+    """--extend_from: an arm starts from the final checkpoint of the earlier run (with its "before"
+    report and metrics log, its wall time counted) and resumes to the new max_steps; the warm-up is
+    linked, not rerun; an unfinished earlier arm, or one already at the budget, is refused and leaves
+    nothing behind."""
+    calls = {}
+
+    def fake_run(cmd, **kwargs):
+        calls[kwargs["stdout"].name] = cmd
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(experiment.subprocess, "run", fake_run)
+    prev, root = tmp_path / "exp_2400", tmp_path / "exp_3600"
+    write_report(prev / "warmup_s0", {"before": (0.1, 0.2), "after": (0.2, 0.3)})
+    write_report(prev / "npedit_s0", {"before": (0.1, 0.2), "after": (0.5, 0.6)})
+    for step in (1200, 2400):
+        _checkpoint(prev / "npedit_s0", step)
+    (prev / "npedit_s0" / "metrics.jsonl").write_text('{"step": 2400}\n')
+    (prev / "npedit_s0" / "wall_seconds.txt").write_text("100.0\n")
+    write_report(prev / "dmd_only_s0", {"before": (0.1, 0.2)})   # still training
+    _checkpoint(prev / "dmd_only_s0", 1800)
+
+    assert experiment.main(["--seeds", "0", "--methods", "npedit", "--jobs", "1", "--out", str(root),
+                            "--extend_from", str(prev), "--set", "train.max_steps=3600", "--no_report"]) == 0
+    arm = root / "npedit_s0"
+    assert [p.name for p in (arm / "checkpoints").iterdir()] == ["step_2400"]
+    assert list(json.loads((arm / "oracle_report.json").read_text())) == ["before"]
+    assert (arm / "metrics.jsonl").read_text() == '{"step": 2400}\n'
+    assert float((arm / "wall_seconds.txt").read_text()) >= 100.0
+    cmd = calls[str(arm / "log.txt")]
+    assert "--resume" in cmd and "train.max_steps=3600" in cmd
+    assert (root / "warmup_s0").is_symlink() and (root / "warmup_s0").resolve() == (prev / "warmup_s0").resolve()
+    assert str(root / "warmup_s0" / "log.txt") not in calls   # the warm-up is not rerun
+
+    with pytest.raises(RuntimeError, match="not a finished run"):
+        experiment.run_one("dmd_only", 0, root, ["train.max_steps=3600"], 1, extend_from=prev)
+    with pytest.raises(RuntimeError, match="already trained 2400 steps"):
+        experiment.run_one("npedit", 0, tmp_path / "exp_2400b", ["train.max_steps=2400"], 1, extend_from=prev)
+    assert not (root / "dmd_only_s0").exists() and not (tmp_path / "exp_2400b" / "npedit_s0").exists()
+    with pytest.raises(SystemExit):
+        experiment.main(["--out", str(root), "--extend_from", str(root), "--no_report"])
+    assert "another folder than --out" in capsys.readouterr().err
+
+
 def test_the_report_has_a_warmup_only_row(runs):
     write_report(runs / "warmup_s0", {"before": (0.1, 0.1), "after": (0.2, 0.3)})
     summary = report.summarise(report.load_reports(runs, [0, 1, 2]))

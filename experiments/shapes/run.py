@@ -12,6 +12,15 @@ from its newest complete checkpoint (a supervised run, which keeps none, starts 
 report.py writes RESULTS.md, results.json and the figures.
 
     python experiments/shapes/run.py --seeds 0 1 2 --jobs 2 --out runs/exp_shapes
+
+--extend_from PREV gives finished runs a larger budget without training them again: each trainer arm
+starts from the final checkpoint of PREV/<method>_s<seed> (its "before" report and metrics log come
+along; the warm-up is linked, not rerun) and resumes to the new train.max_steps. The student's LR then
+follows the new, longer cosine from PREV's last step: a warm restart, not the schedule of a straight
+run of that length. A supervised run keeps no checkpoints and trains the whole new budget straight.
+
+    python experiments/shapes/run.py --seeds 0 1 2 --out runs/exp_12000 --extend_from runs/exp_7200 \
+        --set train.max_steps=12000
 """
 from __future__ import annotations
 
@@ -76,10 +85,23 @@ def command(method: str, seed: int, out: Path, overrides: list[str], threads: in
             "--set", f"train.seed={seed}", "--set", "train.tensorboard=false", *sets, *extra]
 
 
+def fork(source: Path, checkpoint: Path, out: Path) -> None:
+    """Start a trainer run in `out` from `checkpoint` of the run `source`: the checkpoint, the source's
+    metrics log and its "before" oracle report (the untrained student); the run then goes on --resume."""
+    # copied under a temporary name, then renamed: an interrupted fork leaves no complete-looking
+    # checkpoint behind; the report is written last, so its presence means the fork is whole
+    partial = out / "checkpoints" / f".tmp_{checkpoint.name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(checkpoint, partial)
+    partial.rename(out / "checkpoints" / checkpoint.name)
+    shutil.copy2(source / "metrics.jsonl", out / "metrics.jsonl")
+    before = json.loads((source / "oracle_report.json").read_text())["before"]
+    (out / "oracle_report.json").write_text(json.dumps({"before": before}, indent=2))
+
+
 def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
-    """Start a trainer arm in `out` from the finished warm-up run `warmup`: its last checkpoint (which
-    must be the end of the warm-up stage), its metrics log and its "before" oracle report (the untrained
-    student); the arm then runs --resume."""
+    """Start a trainer arm in `out` from the finished warm-up run `warmup`, whose last checkpoint must
+    be the end of the warm-up stage."""
     from npedit.engine.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(warmup)
@@ -88,15 +110,31 @@ def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
     if last.name != f"step_{warmup_steps}":
         raise RuntimeError(f"the warm-up run {warmup} ends at {last.name}, but this experiment's warm-up stage "
                            f"has {warmup_steps} steps; use a new --out")
-    # copied under a temporary name, then renamed: an interrupted fork leaves no complete-looking
-    # checkpoint behind; the report is written last, so its presence means the fork is whole
-    partial = out / "checkpoints" / f".tmp_{last.name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(last, partial)
-    partial.rename(out / "checkpoints" / last.name)
-    shutil.copy2(warmup / "metrics.jsonl", out / "metrics.jsonl")
-    before = json.loads((warmup / "oracle_report.json").read_text())["before"]
-    (out / "oracle_report.json").write_text(json.dumps({"before": before}, indent=2))
+    fork(warmup, last, out)
+
+
+def fork_to_extend(source: Path, out: Path, max_steps: int) -> None:
+    """Start a trainer arm in `out` from the final checkpoint of the finished run `source`, to go on
+    to `max_steps`."""
+    from npedit.engine.checkpoint import latest_checkpoint
+
+    if not finished(source):
+        raise RuntimeError(f"--extend_from: {source} is not a finished run (no \"after\" oracle report); "
+                           f"finish it first")
+    last = latest_checkpoint(source)
+    if last is None:
+        raise RuntimeError(f"--extend_from: {source} kept no checkpoint to go on from")
+    step = int(last.name.removeprefix("step_"))
+    if step >= max_steps:
+        raise RuntimeError(f"--extend_from: {source} already trained {step} steps; set train.max_steps above it")
+    fork(source, last, out)
+
+
+def link_warmup(source: Path, root: Path, seed: int) -> None:
+    """ROOT/warmup_s<seed> -> SOURCE's (relative link), for the report's warm-up-only row."""
+    target, link = source / f"{WARMUP}_s{seed}", root / f"{WARMUP}_s{seed}"
+    if target.is_dir() and not link.exists() and not link.is_symlink():
+        link.symlink_to(os.path.relpath(target.resolve(), root.resolve()), target_is_directory=True)
 
 
 def _weights_record(folder: Path) -> dict:
@@ -108,20 +146,31 @@ def _weights_record(folder: Path) -> dict:
     return {"path": shown, "weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
 
 
-def record_teacher(root: Path, overrides: list[str]) -> None:
-    """ROOT/teacher.json: the teacher every method starts from (folder and weights' sha256), and the
-    real score's when `student.teacher` sets another, for the report."""
+def teacher_record(overrides: list[str]) -> dict:
+    """The teacher every method starts from (folder and weights' sha256), and the real score's when
+    `student.teacher` sets another."""
     cfg = preset_config(overrides)
     record = _weights_record(Path(cfg.student.pretrained))
     if cfg.student.teacher:
         record["real_score"] = _weights_record(Path(cfg.student.teacher))
+    return record
+
+
+def same_teacher(root: Path, record: dict) -> bool:
+    """Whether ROOT's runs (if it has any recorded) started from the teacher of `record`."""
     path = root / "teacher.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        digests = lambda r: (r["sha256"], r.get("real_score", {}).get("sha256"))   # noqa: E731
-        if digests(old) != digests(record):
-            raise SystemExit(f"{root} holds runs from another teacher ({path}); use a new --out")
-    path.write_text(json.dumps(record) + "\n")
+    if not path.is_file():
+        return True
+    digests = lambda r: (r["sha256"], r.get("real_score", {}).get("sha256"))   # noqa: E731
+    return digests(json.loads(path.read_text())) == digests(record)
+
+
+def record_teacher(root: Path, overrides: list[str]) -> None:
+    """ROOT/teacher.json, for the report; refuses a ROOT of runs from another teacher."""
+    record = teacher_record(overrides)
+    if not same_teacher(root, record):
+        raise SystemExit(f"{root} holds runs from another teacher ({root / 'teacher.json'}); use a new --out")
+    (root / "teacher.json").write_text(json.dumps(record) + "\n")
 
 
 def finished(out: Path) -> bool:
@@ -140,12 +189,19 @@ def resumable(method: str, out: Path) -> bool:
     return latest_checkpoint(out) is not None and (out / "oracle_report.json").is_file()
 
 
+def _wall_seconds(run: Path) -> float:
+    wall = run / "wall_seconds.txt"
+    return float(wall.read_text()) if wall.is_file() else 0.0
+
+
 def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: int,
-            warmup: Future | None = None, warmup_steps: int = 0) -> tuple[str, int, float]:
+            warmup: Future | None = None, warmup_steps: int = 0,
+            extend_from: Path | None = None) -> tuple[str, int, float]:
     """One run to ROOT/<method>_s<seed>. A trainer arm given the `warmup` future of its seed waits for
-    it and starts from its checkpoint; its wall time then counts the warm-up's too. An interrupted
-    run continues from its newest checkpoint where it has one (its wall time then counts only this
-    attempt), else starts again from scratch."""
+    it and starts from its checkpoint; one given `extend_from` starts from the final checkpoint of
+    EXTEND_FROM/<method>_s<seed>; its wall time then counts the warm-up's, or the earlier run's, too.
+    An interrupted run continues from its newest checkpoint where it has one (its wall time then
+    counts only this attempt), else starts again from scratch."""
     out = root / f"{method}_s{seed}"
     if finished(out):
         return method, seed, 0.0
@@ -153,16 +209,23 @@ def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: i
     if out.exists() and not resume:
         shutil.rmtree(out)
     shared = warmup is not None
-    warmup_seconds = 0.0
+    extended = extend_from is not None and not is_supervised(method)
+    earlier_seconds = 0.0
     if shared:
         warmup.result()   # re-raises the warm-up's failure
-        warmup_dir = root / f"{WARMUP}_s{seed}"
-        wall = warmup_dir / "wall_seconds.txt"
-        warmup_seconds = float(wall.read_text()) if wall.is_file() else 0.0
+        earlier_seconds = _wall_seconds(root / f"{WARMUP}_s{seed}")
+    if extended:
+        earlier_seconds = _wall_seconds(extend_from / out.name)
     if not resume:
         out.mkdir(parents=True)
-        if shared:
-            fork_from_warmup(warmup_dir, out, warmup_steps)
+        try:
+            if shared:
+                fork_from_warmup(root / f"{WARMUP}_s{seed}", out, warmup_steps)
+            if extended:
+                fork_to_extend(extend_from / out.name, out, preset_config(overrides).train.max_steps)
+        except RuntimeError:
+            shutil.rmtree(out)   # nothing was trained here; leave no half-made run behind
+            raise
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -173,9 +236,9 @@ def run_one(method: str, seed: int, root: Path, overrides: list[str], threads: i
             log.write("\n[run.py] continuing the interrupted run from its newest checkpoint\n")
             log.flush()
         cmd = command(method, seed, out, overrides, threads, warmup_steps if (shared or method == WARMUP) else 0,
-                      resume=resume)
+                      resume=resume or extended)
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    took = time.time() - start + warmup_seconds
+    took = time.time() - start + earlier_seconds
     (out / "wall_seconds.txt").write_text(f"{took:.1f}\n")
     if rc != 0:
         raise RuntimeError(f"{method} seed {seed} failed (exit {rc}); see {out / 'log.txt'}")
@@ -190,9 +253,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "exp_shapes"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every method (same budget for all)")
+    p.add_argument("--extend_from", metavar="PREV",
+                   help="go on from the finished trainer arms of PREV (an earlier --out) to this budget, "
+                        "instead of training them from the teacher")
     p.add_argument("--no_report", action="store_true", help="only run; skip report.py")
     args = p.parse_args(argv)
     root = Path(args.out)
+    extend_from = Path(args.extend_from) if args.extend_from else None
+    if extend_from is not None and not extend_from.is_dir():
+        p.error(f"--extend_from: no folder {extend_from}")
+    if extend_from is not None and extend_from.resolve() == root.resolve():
+        p.error("--extend_from must name another folder than --out")
+    if extend_from is not None and not same_teacher(extend_from, teacher_record(args.overrides)):
+        p.error(f"--extend_from: {extend_from} holds runs from another teacher than this one")
     root.mkdir(parents=True, exist_ok=True)
     record_teacher(root, args.overrides)
     threads = max(1, 2 // args.jobs)
@@ -211,13 +284,17 @@ def main(argv=None) -> int:
     # the supervised runs, then the arms
     with ThreadPoolExecutor(args.jobs) as pool:
         warmups = {}
-        if arms and warmup_steps > 0:
+        if extend_from is not None:
+            for s in args.seeds:
+                link_warmup(extend_from, root, s)
+        elif arms and warmup_steps > 0:
             warmups = {s: pool.submit(run_one, WARMUP, s, root, args.overrides, threads, None, warmup_steps)
                        for s in args.seeds}
         jobs = list(warmups.values())
         jobs += [pool.submit(run_one, m, s, root, args.overrides, threads)
                  for m in args.methods if is_supervised(m) for s in args.seeds]
-        jobs += [pool.submit(run_one, m, s, root, args.overrides, threads, warmups.get(s), warmup_steps)
+        jobs += [pool.submit(run_one, m, s, root, args.overrides, threads, warmups.get(s), warmup_steps,
+                             extend_from)
                  for m in arms for s in args.seeds]
         for job in jobs:
             job.add_done_callback(report)
