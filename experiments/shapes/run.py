@@ -116,7 +116,7 @@ def fork_from_warmup(warmup: Path, out: Path, warmup_steps: int) -> None:
 def fork_to_extend(source: Path, out: Path, max_steps: int) -> None:
     """Start a trainer arm in `out` from the final checkpoint of the finished run `source`, to go on
     to `max_steps`."""
-    from npedit.engine.checkpoint import latest_checkpoint
+    from npedit.engine.checkpoint import checkpoint_step, latest_checkpoint
 
     if not finished(source):
         raise RuntimeError(f"--extend_from: {source} is not a finished run (no \"after\" oracle report); "
@@ -124,7 +124,7 @@ def fork_to_extend(source: Path, out: Path, max_steps: int) -> None:
     last = latest_checkpoint(source)
     if last is None:
         raise RuntimeError(f"--extend_from: {source} kept no checkpoint to go on from")
-    step = int(last.name.removeprefix("step_"))
+    step = checkpoint_step(last)
     if step >= max_steps:
         raise RuntimeError(f"--extend_from: {source} already trained {step} steps; set train.max_steps above it")
     fork(source, last, out)
@@ -260,12 +260,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     root = Path(args.out)
     extend_from = Path(args.extend_from) if args.extend_from else None
-    if extend_from is not None and not extend_from.is_dir():
-        p.error(f"--extend_from: no folder {extend_from}")
-    if extend_from is not None and extend_from.resolve() == root.resolve():
-        p.error("--extend_from must name another folder than --out")
-    if extend_from is not None and not same_teacher(extend_from, teacher_record(args.overrides)):
-        p.error(f"--extend_from: {extend_from} holds runs from another teacher than this one")
+    if extend_from is not None:
+        if not extend_from.is_dir():
+            p.error(f"--extend_from: no folder {extend_from}")
+        if extend_from.resolve() == root.resolve():
+            p.error("--extend_from must name another folder than --out")
+        if not same_teacher(extend_from, teacher_record(args.overrides)):
+            p.error(f"--extend_from: {extend_from} holds runs from another teacher than this one")
     root.mkdir(parents=True, exist_ok=True)
     record_teacher(root, args.overrides)
     threads = max(1, 2 // args.jobs)

@@ -30,13 +30,18 @@ def checkpoints_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder step_<N> was taken after: N."""
+    return int(path.name.removeprefix("step_"))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints (those with trainer_state.json), oldest first."""
     root = checkpoints_root(output_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step_*") if (p / STATE_FILE).is_file() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
