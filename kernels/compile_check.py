@@ -49,6 +49,8 @@ def _signature(fn, dtype: str, pointers: dict, constexprs: dict) -> dict:
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name.startswith("desc_"):  # a TMA tensor descriptor: the case gives "tensordesc<dtype[block]>"
+            sig[name] = pointers[name]
         elif name[0].isupper() and name not in pointers.get(SIZE_SCALARS, ()):
             sig[name] = "*" + pointers.get(name, dtype)
         elif name in FLOAT_SCALARS:
@@ -78,13 +80,15 @@ def compile_one(fn, dtype: str, pointers: dict, constexprs: dict, num_warps: int
 
 def cases():
     """(label, kernel, dtype, pointer dtypes, constexprs, num_warps, num_stages) per launcher config."""
-    ptr_f32 = {"Lse": "fp32", "Delta": "fp32", "CuQ": "i32", "CuK": "i32"}
+    ptr_f32 = {"Lse": "fp32", "Delta": "fp32", "DQAcc": "fp32", "CuQ": "i32", "CuK": "i32"}
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         dt = TL_DTYPE[dtype]
         for hd in (64, 128, 256):
             cfg = dict(attn_k.fwd_config(hd, dtype))
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+            cfg.pop("TMA"), cfg.pop("WARP_SPECIALIZE")
             kv_cfg, q_cfg = attn_bwd_k.bwd_configs(hd, dtype)
+            fused_cfg = dict(attn_bwd_k._default_bwd_configs(hd, dtype, fused=True)[0], FUSE_DQ=True)
             for causal in (False, True):
                 for varlen in (False, True):
                     common = dict(CAUSAL=causal, IS_VARLEN=varlen, UPCAST=False, PRECISION=attn_k.dot_precision(dtype),
@@ -92,8 +96,16 @@ def cases():
                     tag = f"{dt} hd{hd} {'causal' if causal else 'full'}{' varlen' if varlen else ''}"
                     yield (f"attention fwd {tag}", attn_k._attention_fwd_kernel, dt, ptr_f32, {**common, **cfg},
                            warps, stages)
-                    for name, kern, c in (("dkdv", attn_bwd_k._attention_bwd_dkdv_kernel, kv_cfg),
-                                          ("dq", attn_bwd_k._attention_bwd_dq_kernel, q_cfg)):
+                    if not varlen and dtype != torch.float32:  # the TMA forward (batch layout only)
+                        rows = {"desc_q": cfg["BLOCK_M"], "desc_o": cfg["BLOCK_M"], "desc_k": cfg["BLOCK_N"],
+                                "desc_v": cfg["BLOCK_N"]}
+                        descs = {name: f"tensordesc<{dt}[1,{r},1,{hd}]>" for name, r in rows.items()}
+                        tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
+                        yield (f"attention fwd tma {tag}", attn_k._attention_fwd_tma_kernel, dt, {**ptr_f32, **descs},
+                               {**tma, **cfg, "WARP_SPECIALIZE": False}, warps, stages)
+                    for name, kern, c in (("dkdv", attn_bwd_k._attention_bwd_dkdv_kernel, dict(kv_cfg, FUSE_DQ=False)),
+                                          ("dq", attn_bwd_k._attention_bwd_dq_kernel, q_cfg),
+                                          ("fused dkdv+dq", attn_bwd_k._attention_bwd_dkdv_kernel, fused_cfg)):
                         c = dict(c)
                         w, s = c.pop("num_warps"), c.pop("num_stages")
                         yield f"attention bwd {name} {tag}", kern, dt, ptr_f32, {**common, **c}, w, s

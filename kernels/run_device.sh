@@ -103,7 +103,7 @@ if [ "$PRETRAIN_S" -gt 0 ]; then
     if [ "${PRETRAIN_ALONE:-0}" = "1" ]; then wait_pretraining; fi
 fi
 has "$STAGES" build && stage csrc_build 240 env NPEDIT_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=4 $PY setup.py build_ext --inplace
-has "$STAGES" tests && stage gpu_tests 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py tests/test_ops_answer_loss.py \
+has "$STAGES" tests && stage gpu_tests 260 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py tests/test_ops_answer_loss.py \
     tests/test_ops_adaln.py tests/test_ops_csrc.py tests/test_ops_checkpoint.py --junitxml="$RES/gpu_tests.xml"
 # the planner on the built-in models; with diffusers and deepspeed installed (carried wheels), also on
 # tiny flux / sd3 students with llava-onevision / internvl / qwen2.5-vl judges
@@ -117,7 +117,7 @@ wait_pretraining
 has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.py --benchmark --bench-device cuda --bench-quick \
     --bench-out "$RES/bench" -q -p no:cacheprovider
 has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
-has "$STAGES" attention && stage attention_sweep 90 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
+has "$STAGES" attention && stage attention_sweep 150 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
 has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_and_time.py --tiles "$RES/attention_tiles.json" --out "$RES/attention.json"
 has "$STAGES" csrc && stage csrc_time 60 $PY kernels/csrc/validate_and_time.py --no-compile --iters 30 --out "$RES/csrc.json"
 has "$STAGES" ops && stage bench_ops 180 $PY -m pytest benchmarks/bench_ops.py --benchmark --bench-device cuda --bench-quick \

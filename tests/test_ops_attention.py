@@ -33,9 +33,14 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def triton_backend(monkeypatch):
+@pytest.fixture(params=[("pointer", "split"), ("tma", "fused")], ids=["pointer-split", "tma-fused"])
+def triton_backend(monkeypatch, request):
+    """The Triton kernels in both variants: pointer-load forward with the split backward (dK/dV and
+    dQ passes), and the tensor-descriptor (TMA) forward with the fused backward (dQ atomics)."""
     monkeypatch.setenv("NPEDIT_OPS", "triton")
+    monkeypatch.setenv("NPEDIT_ATTN_FWD", request.param[0])
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", request.param[1])
+    return request.param
 
 
 def _inputs(b, sq, sk, hq, hk, d, dtype, requires_grad=True):
@@ -137,6 +142,55 @@ def test_attention_varlen_equals_batched(triton_backend):
     torch.testing.assert_close(packed.view_as(q), ops.attention(q, k, v, causal=True), rtol=0, atol=0)
 
 
+def test_fused_backward_gives_the_split_backward_gradients(monkeypatch):
+    """Same gradients from both backward variants (fp32: only the summation order of dQ differs)."""
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    inputs = _inputs(2, 47, 33, 4, 2, 32, torch.float32)
+    grad_out = torch.randn(2, 47, 4, 32)
+    grads = {}
+    for variant in ("split", "fused"):
+        monkeypatch.setenv("NPEDIT_ATTN_BWD", variant)
+        grads[variant] = _run(lambda q, k, v: ops.attention(q, k, v, causal=True), inputs, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), grads["split"], grads["fused"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    assert grads["fused"][1].abs().sum() > 0
+
+
+def test_unknown_kernel_variants_are_named(monkeypatch):
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    q, k, v = _inputs(1, 5, 5, 2, 2, 16, torch.float32)
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "atomic")
+    with pytest.raises(ValueError, match="NPEDIT_ATTN_BWD='atomic'"):
+        ops.attention(q, k, v).sum().backward()
+    monkeypatch.setenv("NPEDIT_ATTN_FWD", "wgmma")
+    with pytest.raises(ValueError, match="NPEDIT_ATTN_FWD='wgmma'"):
+        ops.attention(q, k, v)
+
+
+class _NotLaunched:
+    def __getitem__(self, grid):
+        raise AssertionError("the pointer-load forward kernel was launched")
+
+
+def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypatch):
+    """NPEDIT_ATTN_FWD=tma must not fall back silently for inputs TMA can address (batch layout,
+    16-byte strides); varlen inputs and odd strides do take the pointer kernel."""
+    from npedit.ops.triton import attention as kernels
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    monkeypatch.setenv("NPEDIT_ATTN_FWD", "tma")
+    q, k, v = _inputs(2, 47, 33, 4, 2, 40, torch.bfloat16, requires_grad=False)
+    expected = ops.attention_ref(q, k, v, causal=True)
+    pointer_kernel = kernels._attention_fwd_kernel
+    monkeypatch.setattr(kernels, "_attention_fwd_kernel", _NotLaunched())
+    torch.testing.assert_close(ops.attention(q, k, v, causal=True), expected, atol=2e-2, rtol=2e-2)
+    odd = torch.randn(1, 9, 3, 5)  # stride 15 fp32 elements = 60 bytes: not 16-byte aligned
+    assert not kernels.tma_loads_fit(odd) and kernels.tma_loads_fit(q, k, v)
+    with pytest.raises(AssertionError, match="pointer-load forward"):
+        ops.attention(odd, odd, odd)
+    monkeypatch.setattr(kernels, "_attention_fwd_kernel", pointer_kernel)
+    torch.testing.assert_close(ops.attention(odd, odd, odd), ops.attention_ref(odd, odd, odd), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("varlen", [False, True])
 def test_reference_backend_matches_reference_autograd(monkeypatch, varlen):
     """NPEDIT_OPS=ref runs the same custom op with the reference forward and an analytic backward."""
@@ -214,11 +268,14 @@ GPU_DTYPES = [  # (dtype, atol, rtol): fp16/bf16 P and dS enter the tensor-core 
 
 @pytest.mark.gpu
 @compiled_kernels
+@pytest.mark.parametrize("fwd,bwd", [("pointer", "split"), ("tma", "fused")])
 @pytest.mark.parametrize("dtype,atol,rtol", GPU_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128, 96, 256])
-def test_attention_cuda(monkeypatch, dtype, atol, rtol, causal, d):
+def test_attention_cuda(monkeypatch, dtype, atol, rtol, causal, d, fwd, bwd):
     monkeypatch.delenv("NPEDIT_OPS", raising=False)  # auto must pick Triton on CUDA
+    monkeypatch.setenv("NPEDIT_ATTN_FWD", fwd)
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", bwd)
     torch.manual_seed(0)
     inputs = [t.cuda().requires_grad_() for t in _inputs(2, 1000, 1000, 8, 2, d, dtype, requires_grad=False)]
     assert _impl(*inputs, "attention") == "triton"
@@ -228,8 +285,10 @@ def test_attention_cuda(monkeypatch, dtype, atol, rtol, causal, d):
 
 @pytest.mark.gpu
 @compiled_kernels
-def test_attention_varlen_cuda(monkeypatch):
+@pytest.mark.parametrize("bwd", ["split", "fused"])
+def test_attention_varlen_cuda(monkeypatch, bwd):
     monkeypatch.delenv("NPEDIT_OPS", raising=False)
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", bwd)
     lens = [1, 300, 777, 64, 129]
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
     q, k, v = (torch.randn(sum(lens), h, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -34,21 +34,29 @@ from npedit.ops.attention import _impl, attention, attention_ref  # noqa: E402
 from npedit.ops.testing import max_err  # noqa: E402
 from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first of each list is the shipped default at hd128
-FWD_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-             (128, 32, 4, 4), (64, 128, 4, 3)]
-DKDV_TILES = [(16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2),
-              (32, 128, 4, 3), (16, 128, 8, 3)]
-DQ_TILES = [(64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 4, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); the first of each list is the shipped default at
+# hd128. Variants (kernels/NOTES.md v5; all compile for sm_90 without spills, or nearly): "tma" runs
+# the tensor-descriptor forward, "tma-ws" the same with Triton's automatic warp specialisation of its
+# key loop; a dK/dV tile marked "fused" runs the fused backward (dQ by atomics in the dK/dV pass, no
+# dQ launch), so its fwd+bwd time compares directly with the split tiles'.
+VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "fused": {"FUSE_DQ": True}}
+FWD_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
+             (128, 32, 4, 4), (64, 128, 4, 3),
+             (64, 64, 4, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma-ws")]
+DKDV_TILES = [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
+              (32, 128, 4, 3), (16, 128, 8, 3),
+              (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused")]
+DQ_TILES = [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3)]
 
 
 def _tile(t: tuple) -> dict:
-    return dict(BLOCK_M=t[0], BLOCK_N=t[1], num_warps=t[2], num_stages=t[3])
+    return dict(BLOCK_M=t[0], BLOCK_N=t[1], num_warps=t[2], num_stages=t[3], **VARIANTS.get(t[4] if len(t) > 4 else "", {}))
 
 
 def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384) -> dict:
     """Median ms of each candidate tile (forward alone; backward = fwd+bwd - fwd with the other
-    backward kernel at its current choice). -> {"rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
+    backward kernel at its current choice; a "fused" dK/dV tile has no dQ launch, so its time is the
+    whole backward). -> {"rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
     from triton.testing import do_bench
     b = max(1, tokens // n)
     q, k, v = (torch.randn(b, n, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -63,6 +71,9 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
         return torch.autograd.grad(fwd(), (q, k, v), grad)
 
     for kind, tiles in (("fwd", FWD_TILES), ("dkdv", DKDV_TILES), ("dq", DQ_TILES)):
+        if kind == "dq" and TILE_OVERRIDES["dkdv"].get("FUSE_DQ"):
+            best[kind] = tiles[0]  # the fused backward won: it launches no dQ pass to tune
+            continue
         timed = []
         for tile in tiles:
             TILE_OVERRIDES[kind] = _tile(tile)

@@ -15,15 +15,43 @@ use IEEE fp32 dots. Under the interpreter bf16 loads are upcast to fp32 before a
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: the TMA variant falls back to the pointer kernel
+    TensorDescriptor = None
+
 from npedit.ops.triton import interpreting
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _online_softmax_step(acc, l_i, m_i, s, v, cols, offs_m, seqlen_q, seqlen_k,
+                         MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    # one key tile: s [BM, BN] scaled scores (log2 units) of keys `cols` [BN], v [BN, BD];
+    # acc [BM, BD] fp32, l_i / m_i [BM] fp32 updated FlashAttention-2 style
+    if MASKED:
+        valid = cols[None, :] < seqlen_k
+        if CAUSAL:
+            valid = valid & (cols[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = m_new
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -40,22 +68,35 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BM, BN]
-        if MASKED:
-            valid = cols[None, :] < seqlen_k
-            if CAUSAL:
-                valid = valid & (cols[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, s, v, cols, offs_m, seqlen_q, seqlen_k,
+                                             MASKED, CAUSAL, PRECISION)
     return acc, l_i, m_i
+
+
+@triton.jit
+def _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """(lo_mask, hi): keys [0, lo_mask) are visible to every row of the query tile at start_m and
+    need no mask; [lo_mask, hi) need it (the causal diagonal, the sequence tail)."""
+    full_k = (seqlen_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
+        lo_mask = tl.minimum((tl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
+    else:
+        hi = seqlen_k
+        lo_mask = full_k
+    return lo_mask, hi
+
+
+@triton.jit
+def _fwd_epilogue(acc, l_i, m_i):
+    """-> out [BM, BD] fp32, lse [BM] (natural log); rows that saw no key: out = 0, lse = -inf."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    return out, lse
 
 
 @triton.jit
@@ -105,28 +146,68 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # keys [0, lo_mask) are visible to every row of this tile; [lo_mask, hi) need the mask
-    full_k = (seqlen_k // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        shift = seqlen_k - seqlen_q
-        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
-        lo_mask = tl.minimum((tl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
-    else:
-        hi = seqlen_k
-        lo_mask = full_k
+    lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n,
                                     offs_d, mask_d, 0, lo_mask, seqlen_q, seqlen_k, qk_scale,
                                     False, CAUSAL, PRECISION, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n,
                                     offs_d, mask_d, lo_mask, hi, seqlen_q, seqlen_k, qk_scale,
                                     True, CAUSAL, PRECISION, BLOCK_N)
-    empty = l_i == 0.0  # no visible key: out = 0, lse = -inf
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    out, lse = _fwd_epilogue(acc, l_i, m_i)
     o_base = Out + off_b64 * stride_ob + off_h.to(tl.int64) * stride_oh + q_start * stride_om
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=q_mask)
     l_base = Lse + off_b64 * stride_lb + off_h.to(tl.int64) * stride_lh + q_start * stride_lm
+    tl.store(l_base + offs_m * stride_lm, lse, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _attention_fwd_tma_kernel(
+    desc_q, desc_k, desc_v, desc_o, Lse,
+    qk_scale,  # softmax_scale * log2(e)
+    stride_lb, stride_lh, stride_lm,
+    num_heads, group, seqlen_q, seqlen_k,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The batch forward with tensor-memory-accelerator loads (Hopper's TMA; plain loads elsewhere):
+    descriptors over q/k/v/out [B, S, H, D] with blocks [1, rows, 1, BLOCK_D], out-of-range rows and
+    padded head-dim columns read as 0 and are not written. Same math as `_attention_fwd_kernel`."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    off_hk = off_h // group
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+    for start_n in tl.range(0, lo_mask, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
+                                             False, CAUSAL, PRECISION)
+    for start_n in range(lo_mask, hi, BLOCK_N):  # the diagonal and the tail: masked
+        k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
+                                             True, CAUSAL, PRECISION)
+    out, lse = _fwd_epilogue(acc, l_i, m_i)
+    desc_o.store([off_b, start_m, off_h, 0], out.to(desc_o.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
+    l_base = Lse + off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
     tl.store(l_base + offs_m * stride_lm, lse, mask=offs_m < seqlen_q)
 
 
@@ -168,13 +249,34 @@ def tile_override(kind: str, head_dim_pad: int, dtype: torch.dtype) -> dict | No
     return None
 
 
+FWD_VARIANTS = ("pointer", "tma")
+
+
+def fwd_variant() -> str:
+    """`NPEDIT_ATTN_FWD`: "pointer" (default: masked pointer loads) or "tma" (the batch layout through
+    tensor descriptors, `_attention_fwd_tma_kernel`; varlen inputs, inputs whose strides TMA cannot
+    take and GPUs before sm_90 keep the pointer kernel)."""
+    variant = os.environ.get("NPEDIT_ATTN_FWD", "pointer")
+    if variant not in FWD_VARIANTS:
+        raise ValueError(f"NPEDIT_ATTN_FWD={variant!r}: expected one of {', '.join(FWD_VARIANTS)}")
+    return variant
+
+
 def fwd_config(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Block sizes. The interpreter uses small tiles so tests cross several tiles and tails. GPU
-    configs are the largest tiles that compile for sm_90 without register spills in the common
-    cases (kernels/compile_check.py; NOTES.md has the sweep); fp32 runs FMA dots in small tiles."""
+    """Block sizes and the variant (TMA: descriptor loads; WARP_SPECIALIZE: Triton's automatic warp
+    specialisation of the TMA kernel's unmasked key loop, only through tile overrides). The
+    interpreter uses small tiles so tests cross several tiles and tails. GPU configs are the largest
+    tiles that compile for sm_90 without register spills in the common cases
+    (kernels/compile_check.py; NOTES.md has the sweep); fp32 runs FMA dots in small tiles."""
     override = tile_override("fwd", head_dim_pad, dtype)
-    if override is not None:
-        return override
+    if override is None:
+        override = dict(_default_fwd_tiles(head_dim_pad, dtype), TMA=fwd_variant() == "tma")
+    override.setdefault("TMA", False)
+    override.setdefault("WARP_SPECIALIZE", False)
+    return override
+
+
+def _default_fwd_tiles(head_dim_pad: int, dtype: torch.dtype) -> dict:
     if interpreting():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
@@ -188,6 +290,19 @@ def fwd_config(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> dict:
     if head_dim_pad <= 128:   # H200 sweep (kernels/NOTES.md): ties (128, 64, 8, 3), the tile that was timed
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+def tma_loads_fit(*tensors: torch.Tensor) -> bool:
+    """Whether TMA descriptors can address these [B, S, H, D] tensors: 16-byte aligned base and
+    strides, unit last stride, and (on the GPU) a Hopper or newer card."""
+    if TensorDescriptor is None:
+        return False
+    for t in tensors:
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return False
+    if interpreting():
+        return True
+    return tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +353,18 @@ def attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens_q=None
         lse.fill_(float("-inf"))
         return out.zero_().to(q.dtype), lse
     cfg = fwd_config(padded_head_dim(head_dim), q.dtype)
+    tma, warp_specialize = cfg.pop("TMA"), cfg.pop("WARP_SPECIALIZE")
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), num_seqs * num_heads)
+    if tma and not varlen and tma_loads_fit(q4, k4, v4, o4):
+        block_d = padded_head_dim(head_dim)
+        desc_q, desc_o = (TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_M"], 1, block_d]) for t in (q4, o4))
+        desc_k, desc_v = (TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_N"], 1, block_d]) for t in (k4, v4))
+        _attention_fwd_tma_kernel[grid](
+            desc_q, desc_k, desc_v, desc_o, lse, softmax_scale * LOG2E, *lse_strides,
+            num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k,
+            CAUSAL=causal, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
+            WARP_SPECIALIZE=warp_specialize, BLOCK_D=block_d, **cfg)
+        return out.to(q.dtype), lse
     _attention_fwd_kernel[grid](
         q4, k4, v4, o4, lse, cu_q, cu_k, softmax_scale * LOG2E,
         q4.stride(0) if not varlen else 0, q4.stride(1), q4.stride(2),

@@ -1,14 +1,22 @@
 """FlashAttention-2 style backward in Triton: the attention matrix is recomputed tile by tile from
 q, k and the saved log-sum-exp.
 
-Three launches, no atomics (deterministic):
+Three launches, no atomics (deterministic; the default, "split"):
 1. `_attention_bwd_preprocess_kernel`: delta = rowsum(dO * O) (minus dLSE when the lse was used);
 2. `_attention_bwd_dkdv_kernel`: one program per (key tile, kv head) walks the query tiles of every
    q head of its group (grouped-query heads reduce inside the program);
 3. `_attention_bwd_dq_kernel`: one program per (query tile, q head) walks the key tiles.
 With P = exp(S - lse) and dS = P * (dO V^T - delta): dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K.
+
+The "fused" variant (`NPEDIT_ATTN_BWD=fused`, or FUSE_DQ in a tile override) skips launch 3: the
+dK/dV program also forms scale dS K for each query tile it visits and adds it to an fp32 dQ
+accumulator [.., Sq, Hq, D] with atomics (FlashAttention-2's backward). Per (key tile, query tile)
+it issues 5 dots instead of the split's 7 (S and dP are not recomputed by a second kernel), for
+BLOCK_M x D fp32 atomic adds and a summation order that changes from run to run.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -53,11 +61,12 @@ def _attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom, stride_lm,
-                         offs_n, offs_m0, offs_d, mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm, stride_dom, stride_lm,
+                         stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale, sm_scale,
                          MASKED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                         BLOCK_M: tl.constexpr):
-    # k, v [BN, BD]; dk, dv [BN, BD] fp32; walks query tiles [lo, hi)
+                         FUSE_DQ: tl.constexpr, BLOCK_M: tl.constexpr):
+    # k, v [BN, BD]; dk, dv [BN, BD] fp32; walks query tiles [lo, hi). FUSE_DQ: also adds
+    # sm_scale * dS K [BM, BD] of each query tile to the fp32 dQ accumulator at dq_base (atomics).
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         row_ok = offs_m < seqlen_q
@@ -77,20 +86,24 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_q
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BN, BM]
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+        if FUSE_DQ:  # padded keys (n >= Sk) were loaded as 0: their dS rows add nothing here
+            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PRECISION) * sm_scale  # [BM, BD]
+            tl.atomic_add(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :], dq, mask=mask, sem="relaxed")
     return dk, dv
 
 
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV, CuQ, CuK,
+    Q, K, V, DO, Lse, Delta, DK, DV, DQAcc, CuQ, CuK,
     qk_scale, sm_scale,
     stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
     stride_dob, stride_dom, stride_doh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
-    stride_lb, stride_lh, stride_lm,
+    stride_dqb, stride_dqm, stride_dqh, stride_lb, stride_lh, stride_lm,
     num_kv_heads, group, seqlen_q, seqlen_k, head_dim,
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FUSE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # DQAcc: fp32 [.., Sq, Hq, D], zeroed, read only when FUSE_DQ
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // num_kv_heads
@@ -141,13 +154,16 @@ def _attention_bwd_dkdv_kernel(
         do_base = DO + off_b64 * stride_dob + off_h64 * stride_doh + q_start * stride_dom
         l_base = Lse + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
         d_base = Delta + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
+        dq_base = DQAcc + off_b64 * stride_dqb + off_h64 * stride_dqh + q_start * stride_dqm
         if CAUSAL:
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom,
-                                          stride_lm, offs_n, offs_m0, offs_d, mask_d, lo, mid, seqlen_q,
-                                          seqlen_k, qk_scale, True, UPCAST, PRECISION, BLOCK_M)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, stride_qm, stride_dom,
-                                      stride_lm, offs_n, offs_m0, offs_d, mask_d, full_lo, seqlen_q, seqlen_q,
-                                      seqlen_k, qk_scale, False, UPCAST, PRECISION, BLOCK_M)
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm,
+                                          stride_dom, stride_lm, stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, mid,
+                                          seqlen_q, seqlen_k, qk_scale, sm_scale, True, UPCAST, PRECISION, FUSE_DQ,
+                                          BLOCK_M)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm, stride_dom,
+                                      stride_lm, stride_dqm, offs_n, offs_m0, offs_d, mask_d, full_lo, seqlen_q,
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, False, UPCAST, PRECISION, FUSE_DQ,
+                                      BLOCK_M)
     dk = dk * sm_scale
     tl.store(DK + off_b64 * stride_dkb + off_hk64 * stride_dkh + (k_start + offs_n[:, None]) * stride_dkn
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
@@ -256,19 +272,39 @@ def preprocess_block_m(head_dim_pad: int) -> int:
     return 16 if interpreting() else max(16, min(64, 8192 // head_dim_pad))
 
 
+BWD_VARIANTS = ("split", "fused")
+
+
+def bwd_variant() -> str:
+    """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic) or "fused" (dQ by atomics
+    inside the dK/dV pass; see the module docstring)."""
+    variant = os.environ.get("NPEDIT_ATTN_BWD", "split")
+    if variant not in BWD_VARIANTS:
+        raise ValueError(f"NPEDIT_ATTN_BWD={variant!r}: expected one of {', '.join(BWD_VARIANTS)}")
+    return variant
+
+
 def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
     """(dK/dV config, dQ config): the dK/dV pass holds a key tile and walks query tiles, the dQ pass
     the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py);
-    attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps."""
-    kv, q = _default_bwd_configs(head_dim_pad, dtype)
-    return tile_override("dkdv", head_dim_pad, dtype) or kv, tile_override("dq", head_dim_pad, dtype) or q
+    attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps. FUSE_DQ in the dK/dV
+    config (from `bwd_variant()` or the override) means the dQ pass is not launched."""
+    fused = bwd_variant() == "fused"
+    kv, q = _default_bwd_configs(head_dim_pad, dtype, fused)
+    kv = tile_override("dkdv", head_dim_pad, dtype) or dict(kv, FUSE_DQ=fused)
+    kv.setdefault("FUSE_DQ", False)
+    return kv, tile_override("dq", head_dim_pad, dtype) or q
 
 
-def _default_bwd_configs(head_dim_pad: int, dtype: torch.dtype) -> tuple[dict, dict]:
+def _default_bwd_configs(head_dim_pad: int, dtype: torch.dtype, fused: bool = False) -> tuple[dict, dict]:
     def cfg(m, n, warps, stages):
         return dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=stages)
     if interpreting():
         return cfg(16, 16, 4, 1), cfg(16, 16, 4, 1)
+    if fused and dtype != torch.float32 and 64 < head_dim_pad <= 128:
+        # the dQ tile [BM, BD] fp32 joins dK/dV's registers: at 4 warps the split's tile spills 216 B
+        # on sm_90, at 8 warps 8 B (kernels/NOTES.md v5); not timed yet
+        return cfg(32, 64, 8, 3), cfg(64, 32, 4, 3)
     if dtype == torch.float32:
         if head_dim_pad <= 64:
             return cfg(64, 32, 8, 1), cfg(64, 32, 8, 1)
@@ -322,17 +358,22 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
         delta -= dlse.float()
     up, prec = upcast(q.dtype), dot_precision(q.dtype)
     kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
+    fused = kv_cfg["FUSE_DQ"]
+    if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dq4 = as_4d(dq)
     args = (q4, k4, v4, do4, lse, delta)
     strides = (*_strides3(q4, varlen), *_strides3(k4, varlen), *_strides3(v4, varlen), *_strides3(do4, varlen))
     qk_scale = softmax_scale * LOG2E
     _attention_bwd_dkdv_kernel[(triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)](
-        *args, dk4, dv4, cu_q, cu_k, qk_scale, softmax_scale,
-        *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *l_strides,
+        *args, dk4, dv4, dq4, cu_q, cu_k, qk_scale, softmax_scale,
+        *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *_strides3(dq4, varlen), *l_strides,
         num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
         CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **kv_cfg)
-    _attention_bwd_dq_kernel[(triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)](
-        *args, dq4, cu_q, cu_k, qk_scale, softmax_scale,
-        *strides, *_strides3(dq4, varlen), *l_strides,
-        num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
-        CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **q_cfg)
+    if not fused:
+        _attention_bwd_dq_kernel[(triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)](
+            *args, dq4, cu_q, cu_k, qk_scale, softmax_scale,
+            *strides, *_strides3(dq4, varlen), *l_strides,
+            num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **q_cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
