@@ -104,7 +104,10 @@ class Trainer:
         eng.student.step()
         metrics["grad_norm"] = grad_norm(eng.student)
         fake_losses = []
-        for j in range(cfg.method.fake_updates):  # two time-scale rule: N_aux critic updates per student update
+        # two time-scale rule: N_aux critic updates per student update; none when dmd_weight = 0 (the
+        # VLM-only ablation), where the fake score reaches no loss (data and random streams unchanged)
+        critic_updates = cfg.method.fake_updates if cfg.method.dmd_weight != 0 else 0
+        for j in range(critic_updates):
             index = self._data_index(step, 1 + j)
             aux = self.loader.batch(index).to(self.device)
             x0, cap_emb = student_samples(self.nets, aux, step, cfg, self.rank, stream_step=index)

@@ -72,6 +72,29 @@ def test_student_loss_reaches_every_student_parameter_and_nothing_else(term, ove
         assert all(torch.equal(after[k], v) for k, v in frozen_before[name].items()), f"{name} changed"
 
 
+def test_a_zero_vlm_weight_builds_no_vlm_graph_and_keeps_the_gradients():
+    """DMD-only (vlm_weight = 0) logs the VLM loss without its graph: fewer bytes saved for backward,
+    the same logged loss, and exactly the student gradients of a weight too small to count in fp32
+    (1e-300 rounds to 0, so that run back-propagates zeros through the judge, as before the skip)."""
+    from npedit.ops.memory import saved_tensor_bytes
+    results = {}
+    for weight in ("0.0", "1e-300"):
+        cfg, models, nets, batch = _setup([f"method.vlm_weight={weight}", "method.dmd_weight=1.0"])
+        torch.manual_seed(0)
+        _perturb(models.student)
+        saved = saved_tensor_bytes(lambda: npedit_student_loss(nets, batch, 3, cfg, rank=0)[0])
+        models.student.zero_grad(set_to_none=True)
+        loss, metrics, _ = npedit_student_loss(nets, batch, 3, cfg, rank=0)
+        loss.backward()
+        results[weight] = (saved, float(metrics["loss_vlm"]), {n: p.grad.clone() for n, p in
+                                                              models.student.named_parameters()})
+    (saved0, vlm0, grads0), (saved1, vlm1, grads1) = results["0.0"], results["1e-300"]
+    assert saved0 < 0.9 * saved1, (saved0, saved1)
+    assert vlm0 == vlm1 and vlm0 > 0
+    for name, g in grads1.items():
+        assert torch.equal(grads0[name], g), name
+
+
 def test_vlm_gradient_passes_through_codec_decode_to_the_pixels():
     cfg, models, nets, batch = _setup([])
     latents = torch.randn(2, models.codec.latent_channels, 8, 8, requires_grad=True)

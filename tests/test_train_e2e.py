@@ -195,3 +195,18 @@ def test_bf16_run(tmp_path):
     assert all(r["loss_student"] == r["loss_student"] for r in rows)  # finite, not NaN
     weights = load_file(tmp_path / "checkpoints/step_3/export/student/model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+
+
+def test_vlm_only_skips_the_critic_and_trains_the_student_as_before(tmp_path):
+    """dmd_weight = 0 (the VLM-only ablation): no critic updates (loss_fake is not a number) and the
+    same student as a run whose DMD weight rounds to 0 in fp32 (1e-300: the critic trains, and the
+    DMD term sends zeros), so skipping changes nothing but the time."""
+    skip, keep = tmp_path / "skip", tmp_path / "keep"
+    train(skip, "--max_steps", "4", "--set", "method.dmd_weight=0")
+    train(keep, "--max_steps", "4", "--set", "method.dmd_weight=1e-300")
+    skipped, kept = read_metrics(skip)[1:], read_metrics(keep)[1:]
+    assert all(r["loss_fake"] is None or r["loss_fake"] != r["loss_fake"] for r in skipped), skipped
+    assert all(r["loss_fake"] == r["loss_fake"] and r["loss_fake"] > 0 for r in kept), kept
+    wa = load_file(keep / "checkpoints/step_4/export/student/model.safetensors")
+    wb = load_file(skip / "checkpoints/step_4/export/student/model.safetensors")
+    assert all(torch.equal(wb[name], wa[name]) for name in wa)

@@ -73,14 +73,16 @@ def npedit_student_loss(nets: Networks, batch: EditBatch, step: int, cfg: Config
     x0 = unroll_student(student_velocity(nets, nets.student, instr_emb, ref_latent), tuple(ref_latent.shape),
                         k, timesteps, rank_generator(seed, step, rank, "unroll"), device)
 
-    # 2. VLM feedback through the decoder and the judge
-    edited = nets.diffusion.decode_latents(x0)
+    # 2. VLM feedback through the decoder and the judge; with vlm_weight = 0 (the DMD-only ablation)
+    #    it is only logged: no graph, so no backward through the judge and the decoder (same gradients)
     questions, weights = build_questions(batch, m.identity_question, skip=nothing, style=m.question_style)
     tau = vlm_logit_scale(step - cfg.train.warmup_stage_steps, m)   # the ramp starts with the NP-Edit stage
-    seen, refs_seen = judge_views(edited, batch.images, m.judge_view_noise, m.judge_view_shift,   # off: as they are
-                                  rank_generator(seed, step, rank, "judge_view"))
-    per_question = nets.judge.answer_losses(questions, seen, refs_seen, tau)
-    loss_vlm = losses.weighted_mean(per_question, weights)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and m.vlm_weight != 0):
+        edited = nets.diffusion.decode_latents(x0)
+        seen, refs_seen = judge_views(edited, batch.images, m.judge_view_noise, m.judge_view_shift,  # off: as they are
+                                      rank_generator(seed, step, rank, "judge_view"))
+        per_question = nets.judge.answer_losses(questions, seen, refs_seen, tau)
+        loss_vlm = losses.weighted_mean(per_question, weights)
 
     # 3. DMD at a random t; no backprop through either score network
     gen = rank_generator(seed, step, rank, "dmd")
