@@ -13,7 +13,8 @@
 #   OUT=/some/dir bash kernels/run_device.sh
 # STAGES=build,tests,plan,step,answer_loss,attention,csrc,ops picks the stages (default: all of
 # these; `ops` is `pytest benchmarks/bench_ops.py`, every op against its peers, last because the
-# kernel scripts above already time attention and the answer losses); STAGES=...,zero3 adds the step
+# kernel scripts above already time attention and the answer losses); STAGES=...,attention_hd adds
+# the hd64 / hd256 attention tile sweeps; STAGES=...,zero3 adds the step
 # through DeepSpeed's ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed).
 # Wheels the image lacks (pytest-benchmark and py-cpuinfo if missing; diffusers for the planner's
 # published-model cases; deepspeed for zero3) are installed from $WHEELS (default .wheels/) when that
@@ -119,6 +120,11 @@ has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.p
 has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
 has "$STAGES" attention && stage attention_sweep 150 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
 has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_and_time.py --tiles "$RES/attention_tiles.json" --out "$RES/attention.json"
+# opt-in (STAGES=...,attention_hd): the hd64 / hd256 tile sweeps (only hd128 has been swept)
+for hd in 64 256; do
+    has "$STAGES" attention_hd && stage "attention_sweep_hd$hd" 120 $PY kernels/attention/validate_and_time.py \
+        --sweep-out "$RES/attention_tiles_hd$hd.json" --head_dim "$hd"
+done
 has "$STAGES" csrc && stage csrc_time 60 $PY kernels/csrc/validate_and_time.py --no-compile --iters 30 --out "$RES/csrc.json"
 has "$STAGES" ops && stage bench_ops 180 $PY -m pytest benchmarks/bench_ops.py --benchmark --bench-device cuda --bench-quick \
     --bench-out "$RES/bench" -q -p no:cacheprovider

@@ -2,8 +2,9 @@
 
     python kernels/attention/validate_and_time.py --out results/attention.json [--quick]
 
-0. Tiles: `--sweep-out tiles.json` times forward, dK/dV and dQ candidates at N = 4096, bf16, hd128,
-   non-causal, writes the fastest of each and exits (run it in its own process: a tile that breaks
+0. Tiles: `--sweep-out tiles.json [--head_dim 64|128|256]` times forward, dK/dV and dQ candidates
+   (`TILES`, with the TMA forward and the fused backward among them) at N = 4096, bf16, hd128 unless
+   told, non-causal, writes the fastest of each and exits (run it in its own process: a tile that breaks
    the CUDA context then costs nothing else); `--tiles tiles.json` uses them, after validating them
    (step 1) on every case; if any check fails the shipped tiles are used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
@@ -32,21 +33,34 @@ import torch.nn.functional as F  # noqa: E402
 
 from npedit.ops.attention import _impl, attention, attention_ref  # noqa: E402
 from npedit.ops.testing import max_err  # noqa: E402
+from npedit.ops.triton import attention as attention_kernels  # noqa: E402
 from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); the first of each list is the shipped default at
-# hd128. Variants (kernels/NOTES.md v5; all compile for sm_90 without spills, or nearly): "tma" runs
-# the tensor-descriptor forward, "tma-ws" the same with Triton's automatic warp specialisation of its
-# key loop; a dK/dV tile marked "fused" runs the fused backward (dQ by atomics in the dK/dV pass, no
-# dQ launch), so its fwd+bwd time compares directly with the split tiles'.
+# that head dim. Variants (kernels/NOTES.md v5; at hd128 all compile for sm_90 without spills, or
+# nearly): "tma" runs the tensor-descriptor forward, "tma-ws" the same with Triton's automatic warp
+# specialisation of its key loop; a dK/dV tile marked "fused" runs the fused backward (dQ by atomics
+# in the dK/dV pass, no dQ launch), so its fwd+bwd time compares directly with the split tiles'.
 VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "fused": {"FUSE_DQ": True}}
-FWD_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
-             (128, 32, 4, 4), (64, 128, 4, 3),
-             (64, 64, 4, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma-ws")]
-DKDV_TILES = [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
-              (32, 128, 4, 3), (16, 128, 8, 3),
-              (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused")]
-DQ_TILES = [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3)]
+TILES = {  # head dim -> {kernel: candidates}
+    128: {"fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
+                  (128, 32, 4, 4), (64, 128, 4, 3),
+                  (64, 64, 4, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma-ws")],
+          "dkdv": [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
+                   (32, 128, 4, 3), (16, 128, 8, 3),
+                   (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused")],
+          "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3)]},
+    64: {"fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4),
+                 (128, 64, 4, 3, "tma"), (128, 128, 8, 2, "tma")],
+         "dkdv": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3),
+                  (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused")],
+         "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3)]},
+    256: {"fwd": [(64, 32, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2, "tma"), (64, 64, 8, 2, "tma"),
+                  (128, 32, 8, 2, "tma")],
+          "dkdv": [(16, 32, 8, 1), (32, 32, 8, 2), (16, 32, 4, 2), (16, 32, 8, 1, "fused"), (32, 32, 8, 2, "fused")],
+          "dq": [(32, 32, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2)]},
+}
+# (hd64 / hd256 lists: the candidates that spill at most ~100 bytes per thread on sm_90, NOTES.md v5)
 
 
 def _tile(t: tuple) -> dict:
@@ -54,10 +68,12 @@ def _tile(t: tuple) -> dict:
 
 
 def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384) -> dict:
-    """Median ms of each candidate tile (forward alone; backward = fwd+bwd - fwd with the other
-    backward kernel at its current choice; a "fused" dK/dV tile has no dQ launch, so its time is the
-    whole backward). -> {"rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
+    """Median ms of each candidate tile of TILES[head_dim] (forward alone; backward = fwd+bwd - fwd with
+    the other backward kernel at its current choice; a "fused" dK/dV tile has no dQ launch, so its time
+    is the whole backward). -> {"head_dim": .., "rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
     from triton.testing import do_bench
+    attention_kernels.TILE_OVERRIDE_HEAD_DIM = head_dim
+    candidates = TILES[head_dim]
     b = max(1, tokens // n)
     q, k, v = (torch.randn(b, n, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
@@ -70,7 +86,7 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
     def fwd_bwd():
         return torch.autograd.grad(fwd(), (q, k, v), grad)
 
-    for kind, tiles in (("fwd", FWD_TILES), ("dkdv", DKDV_TILES), ("dq", DQ_TILES)):
+    for kind, tiles in candidates.items():
         if kind == "dq" and TILE_OVERRIDES["dkdv"].get("FUSE_DQ"):
             best[kind] = tiles[0]  # the fused backward won: it launches no dQ pass to tune
             continue
@@ -89,8 +105,8 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
         best[kind] = min(timed)[1] if timed else tiles[0]
         TILE_OVERRIDES[kind] = _tile(best[kind])
     TILE_OVERRIDES.clear()
-    return {"rows": rows, "best": {k: list(v) for k, v in best.items()}, "defaults":
-            {"fwd": list(FWD_TILES[0]), "dkdv": list(DKDV_TILES[0]), "dq": list(DQ_TILES[0])}}
+    return {"head_dim": head_dim, "rows": rows, "best": {k: list(v) for k, v in best.items()},
+            "defaults": {k: list(v[0]) for k, v in candidates.items()}}
 
 
 def validate(atol: float = 4e-3, rtol: float = 1e-2) -> list[dict]:
@@ -189,6 +205,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N in {1k, 4k} only")
     parser.add_argument("--sweep-out", help="sweep tiles, write the fastest to this JSON and exit")
     parser.add_argument("--tiles", help="JSON from --sweep-out: validate these tiles and use them if they pass")
+    parser.add_argument("--head_dim", type=int, default=128, choices=sorted(TILES),
+                        help="head dim of the tile sweep (--sweep-out; the timing table is hd128)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -196,12 +214,13 @@ def main() -> int:
     import triton
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     if args.sweep_out:
-        sweep = dict(report, **sweep_tiles())
+        sweep = dict(report, **sweep_tiles(head_dim=args.head_dim))
         Path(args.sweep_out).write_text(json.dumps(sweep, indent=1))
         print("fastest tiles:", sweep["best"])
         return 0
     if args.tiles and Path(args.tiles).is_file():
         report["sweep"] = json.loads(Path(args.tiles).read_text())
+        attention_kernels.TILE_OVERRIDE_HEAD_DIM = report["sweep"].get("head_dim", 128)
         TILE_OVERRIDES.update({k: _tile(v) for k, v in report["sweep"]["best"].items()})
         print("swept tiles, validating:", TILE_OVERRIDES, flush=True)
         report["validation_swept"] = validate()

@@ -237,14 +237,17 @@ def store_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # Tile sweeps (kernels/attention/validate_and_time.py) put configs here to time them:
-# {"fwd": {...}, "dkdv": {...}, "dq": {...}} with BLOCK_M, BLOCK_N, num_warps, num_stages each;
-# a present key replaces the table below for fp16/bf16 at padded head dim 128 on the GPU path
-# (never under the interpreter, never for other head dims, whose tiles would not fit the same way).
+# {"fwd": {...}, "dkdv": {...}, "dq": {...}} with BLOCK_M, BLOCK_N, num_warps, num_stages each (and
+# the variant keys TMA / WARP_SPECIALIZE / FUSE_DQ); a present key replaces the launchers' choice for
+# fp16/bf16 at padded head dim TILE_OVERRIDE_HEAD_DIM on the GPU path (never under the interpreter,
+# never for other head dims, whose tiles would not fit the same way).
 TILE_OVERRIDES: dict[str, dict] = {}
+TILE_OVERRIDE_HEAD_DIM = 128
 
 
 def tile_override(kind: str, head_dim_pad: int, dtype: torch.dtype) -> dict | None:
-    if kind in TILE_OVERRIDES and head_dim_pad == 128 and dtype != torch.float32 and not interpreting():
+    if (kind in TILE_OVERRIDES and head_dim_pad == TILE_OVERRIDE_HEAD_DIM and dtype != torch.float32
+            and not interpreting()):
         return dict(TILE_OVERRIDES[kind])
     return None
 

@@ -1,0 +1,52 @@
+"""The GPU session's attention tile sweep (kernels/attention/validate_and_time.py) starts from what
+the launchers ship: its first candidate per kernel and head dim is the launchers' GPU default, and
+every candidate turns into a config the launchers accept (variant keys included)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from npedit.ops.triton import attention as fwd_kernels
+from npedit.ops.triton import attention_bwd as bwd_kernels
+
+SCRIPT = Path(__file__).resolve().parents[1] / "kernels" / "attention" / "validate_and_time.py"
+
+
+@pytest.fixture
+def sweep(monkeypatch):
+    spec = importlib.util.spec_from_file_location("attention_validate_and_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for kernels in (fwd_kernels, bwd_kernels):  # the GPU tiles, not the interpreter's 16 x 16
+        monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    return module
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_sweeps_list_the_shipped_tiles_first(sweep, head_dim):
+    tiles = sweep.TILES[head_dim]
+    assert sweep._tile(tiles["fwd"][0]) == fwd_kernels._default_fwd_tiles(head_dim, torch.bfloat16)
+    split_kv, split_q = bwd_kernels._default_bwd_configs(head_dim, torch.bfloat16)
+    assert sweep._tile(tiles["dkdv"][0]) == split_kv and sweep._tile(tiles["dq"][0]) == split_q
+    fused_kv = bwd_kernels._default_bwd_configs(head_dim, torch.bfloat16, fused=True)[0]
+    assert dict(fused_kv, FUSE_DQ=True) in [sweep._tile(t) for t in tiles["dkdv"]], "fused default not swept"
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim):
+    monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDE_HEAD_DIM", head_dim)
+    for kind, candidates in sweep.TILES[head_dim].items():
+        for tile in candidates:
+            monkeypatch.setitem(fwd_kernels.TILE_OVERRIDES, kind, sweep._tile(tile))
+            if kind == "fwd":
+                cfg = fwd_kernels.fwd_config(head_dim, torch.bfloat16)
+                assert cfg["TMA"] == (len(tile) > 4) and cfg["WARP_SPECIALIZE"] == (tile[4:] == ("tma-ws",))
+            else:
+                kv, q = bwd_kernels.bwd_configs(head_dim, torch.bfloat16)
+                cfg = kv if kind == "dkdv" else q
+                if kind == "dkdv":
+                    assert kv["FUSE_DQ"] == (tile[4:] == ("fused",))
+            assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == tile[:4]
+        monkeypatch.delitem(fwd_kernels.TILE_OVERRIDES, kind)
+    assert fwd_kernels.fwd_config(head_dim, torch.float32)["TMA"] is False  # overrides never touch fp32
