@@ -161,6 +161,21 @@ def _attention_fwd_kernel(
 
 
 @triton.jit
+def _attn_fwd_tma_tile(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, offs_n, offs_m, seqlen_q, seqlen_k,
+                       qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                       PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # the key tile at start_n of kv head off_hk through the descriptors, then one softmax step
+    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BM, BN]
+    return _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
+                                MASKED, CAUSAL, PRECISION)
+
+
+@triton.jit
 def _attention_fwd_tma_kernel(
     desc_q, desc_k, desc_v, desc_o, Lse,
     qk_scale,  # softmax_scale * log2(e)
@@ -188,23 +203,13 @@ def _attention_fwd_tma_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in tl.range(0, lo_mask, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
-                                             False, CAUSAL, PRECISION)
+        acc, l_i, m_i = _attn_fwd_tma_tile(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, offs_n, offs_m,
+                                           seqlen_q, seqlen_k, qk_scale, False, CAUSAL, UPCAST, PRECISION,
+                                           BLOCK_N, BLOCK_D)
     for start_n in range(lo_mask, hi, BLOCK_N):  # the diagonal and the tail: masked
-        k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-        v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
-                                             True, CAUSAL, PRECISION)
+        acc, l_i, m_i = _attn_fwd_tma_tile(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, offs_n, offs_m,
+                                           seqlen_q, seqlen_k, qk_scale, True, CAUSAL, UPCAST, PRECISION,
+                                           BLOCK_N, BLOCK_D)
     out, lse = _fwd_epilogue(acc, l_i, m_i)
     desc_o.store([off_b, start_m, off_h, 0], out.to(desc_o.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
     l_base = Lse + off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh

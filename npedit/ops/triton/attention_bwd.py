@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 
 from npedit.ops.triton import interpreting
-from npedit.ops.triton.attention import LOG2E, as_4d, dot_precision, padded_head_dim, store_dtype, tile_override, upcast
+from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, as_4d, dot_precision, padded_head_dim, store_dtype,
+                                        tile_override, upcast)
 
 
 @triton.jit
@@ -248,14 +249,7 @@ def _attention_bwd_dq_kernel(
     k_base = K + off_b64 * stride_kb + off_hk.to(tl.int64) * stride_kh + k_start * stride_kn
     v_base = V + off_b64 * stride_vb + off_hk.to(tl.int64) * stride_vh + k_start * stride_vn
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    full_k = (seqlen_k // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        shift = seqlen_k - seqlen_q
-        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
-        lo_mask = tl.minimum((tl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
-    else:
-        hi = seqlen_k
-        lo_mask = full_k
+    lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n0, offs_d,
                             mask_d, 0, lo_mask, seqlen_q, seqlen_k, qk_scale, False, CAUSAL, UPCAST, PRECISION,
                             BLOCK_N)
