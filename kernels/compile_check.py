@@ -84,10 +84,11 @@ def cases():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         dt = TL_DTYPE[dtype]
         for hd in (64, 128, 256):
-            cfg = dict(attn_k.fwd_config(hd, dtype))
+            # the launchers' shipped tiles (not the NPEDIT_ATTN_* variant the environment may pick):
+            # every variant is compiled below under its own label
+            cfg = attn_k._default_fwd_tiles(hd, dtype)
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-            cfg.pop("TMA"), cfg.pop("WARP_SPECIALIZE")
-            kv_cfg, q_cfg = attn_bwd_k.bwd_configs(hd, dtype)
+            kv_cfg, q_cfg = attn_bwd_k._default_bwd_configs(hd, dtype)
             fused_cfg = dict(attn_bwd_k._default_bwd_configs(hd, dtype, fused=True)[0], FUSE_DQ=True)
             for causal in (False, True):
                 for varlen in (False, True):

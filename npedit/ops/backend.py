@@ -19,3 +19,11 @@ def forced_backend() -> str | None:
     if value not in BACKENDS:
         raise ValueError(f"NPEDIT_OPS={value!r} is not one of {', '.join(BACKENDS)} (or unset for auto)")
     return value
+
+
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable `name`, one of `choices`; the first when unset."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value

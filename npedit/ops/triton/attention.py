@@ -15,7 +15,6 @@ use IEEE fp32 dots. Under the interpreter bf16 loads are upcast to fp32 before a
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -26,6 +25,7 @@ try:  # Triton >= 3.4
 except ImportError:  # pragma: no cover - older Triton: the TMA variant falls back to the pointer kernel
     TensorDescriptor = None
 
+from npedit.ops.backend import env_choice
 from npedit.ops.triton import interpreting
 
 LOG2E = 1.4426950408889634
@@ -90,6 +90,13 @@ def _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _fwd_start(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The online softmax's state before the first key: acc [BM, BD] = 0, l_i [BM] = 0, m_i [BM] = -inf."""
+    return (tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), tl.zeros([BLOCK_M], dtype=tl.float32),
+            tl.full([BLOCK_M], float("-inf"), dtype=tl.float32))
+
+
+@triton.jit
 def _fwd_epilogue(acc, l_i, m_i):
     """-> out [BM, BD] fp32, lse [BM] (natural log); rows that saw no key: out = 0, lse = -inf."""
     empty = l_i == 0.0
@@ -142,10 +149,7 @@ def _attention_fwd_kernel(
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, l_i, m_i = _fwd_start(BLOCK_M, BLOCK_D)
     lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_n,
                                     offs_d, mask_d, 0, lo_mask, seqlen_q, seqlen_k, qk_scale,
@@ -198,9 +202,7 @@ def _attention_fwd_tma_kernel(
     q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
     if UPCAST:
         q = q.to(tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, l_i, m_i = _fwd_start(BLOCK_M, BLOCK_D)
     lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in tl.range(0, lo_mask, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         acc, l_i, m_i = _attn_fwd_tma_tile(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, offs_n, offs_m,
@@ -264,10 +266,7 @@ def fwd_variant() -> str:
     """`NPEDIT_ATTN_FWD`: "pointer" (default: masked pointer loads) or "tma" (the batch layout through
     tensor descriptors, `_attention_fwd_tma_kernel`; varlen inputs, inputs whose strides TMA cannot
     take and GPUs before sm_90 keep the pointer kernel)."""
-    variant = os.environ.get("NPEDIT_ATTN_FWD", "pointer")
-    if variant not in FWD_VARIANTS:
-        raise ValueError(f"NPEDIT_ATTN_FWD={variant!r}: expected one of {', '.join(FWD_VARIANTS)}")
-    return variant
+    return env_choice("NPEDIT_ATTN_FWD", FWD_VARIANTS)
 
 
 def fwd_config(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> dict:

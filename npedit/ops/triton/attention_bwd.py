@@ -16,12 +16,11 @@ BLOCK_M x D fp32 atomic adds and a summation order that changes from run to run.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from npedit.ops.backend import env_choice
 from npedit.ops.triton import interpreting
 from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, as_4d, dot_precision, padded_head_dim, store_dtype,
                                         tile_override, upcast)
@@ -272,10 +271,7 @@ BWD_VARIANTS = ("split", "fused")
 def bwd_variant() -> str:
     """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic) or "fused" (dQ by atomics
     inside the dK/dV pass; see the module docstring)."""
-    variant = os.environ.get("NPEDIT_ATTN_BWD", "split")
-    if variant not in BWD_VARIANTS:
-        raise ValueError(f"NPEDIT_ATTN_BWD={variant!r}: expected one of {', '.join(BWD_VARIANTS)}")
-    return variant
+    return env_choice("NPEDIT_ATTN_BWD", BWD_VARIANTS)
 
 
 def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
@@ -326,7 +322,13 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     q4, k4, v4, o4, do4 = (as_4d(t) for t in (q, k, v, out, dout))
     batch, seqlen_q, num_heads, head_dim = q4.shape
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
-    dq = torch.empty(q.shape, dtype=store_dtype(q.dtype), device=q.device)
+    block_d = padded_head_dim(head_dim)
+    kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
+    fused = kv_cfg["FUSE_DQ"]
+    if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    else:
+        dq = torch.empty(q.shape, dtype=store_dtype(q.dtype), device=q.device)
     dk = torch.empty(k.shape, dtype=store_dtype(k.dtype), device=k.device)
     dv = torch.empty(v.shape, dtype=store_dtype(v.dtype), device=v.device)
     dq4, dk4, dv4 = as_4d(dq), as_4d(dk), as_4d(dv)
@@ -342,7 +344,6 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
         cu_q, cu_k = q, q  # unused
     if num_seqs == 0 or rows_q == 0 or rows_k == 0:
         return dq.zero_().to(q.dtype), dk.zero_().to(k.dtype), dv.zero_().to(v.dtype)
-    block_d = padded_head_dim(head_dim)
     common = dict(IS_VARLEN=varlen, BLOCK_D=block_d)
     pre_m = preprocess_block_m(block_d)
     _attention_bwd_preprocess_kernel[(triton.cdiv(rows_q, pre_m), num_seqs * num_heads)](
@@ -351,11 +352,6 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     if dlse is not None:
         delta -= dlse.float()
     up, prec = upcast(q.dtype), dot_precision(q.dtype)
-    kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
-    fused = kv_cfg["FUSE_DQ"]
-    if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dq4 = as_4d(dq)
     args = (q4, k4, v4, do4, lse, delta)
     strides = (*_strides3(q4, varlen), *_strides3(k4, varlen), *_strides3(v4, varlen), *_strides3(do4, varlen))
     qk_scale = softmax_scale * LOG2E
