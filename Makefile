@@ -19,7 +19,7 @@ train: install
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) npedit/train.py --preset shapes --output_dir $(OUT)
 
 test: install
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m pytest -q tests
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m pytest -q --durations=30 tests
 
 bench: install
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m pytest -q benchmarks --benchmark
