@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from npedit.ops.triton import adaln as adaln_k  # noqa: E402
 from npedit.ops.triton import answer_loss as loss_k  # noqa: E402
 from npedit.ops.triton import attention as attn_k  # noqa: E402
 from npedit.ops.triton import attention_bwd as attn_bwd_k  # noqa: E402
+from npedit.ops.triton import attention_ws as attn_ws_k  # noqa: E402
 
 SMEM_LIMIT = {90: 232448, 80: 166912, 100: 232448}
 TL_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -62,10 +64,17 @@ def _signature(fn, dtype: str, pointers: dict, constexprs: dict) -> dict:
 
 def compile_one(fn, dtype: str, pointers: dict, constexprs: dict, num_warps: int, num_stages: int, arch: int) -> dict:
     sig = _signature(fn, dtype, pointers, constexprs)
-    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    source = ASTSource
+    if fn.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    src = source(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
     res = {"shared": kernel.metadata.shared}
+    maxnreg = sorted({int(w) for w in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", kernel.asm["ptx"])})
+    if maxnreg:  # warp-specialised: registers per thread of each partition after reallocation
+        res["setmaxnreg"] = maxnreg
+    res["wgmma"] = kernel.asm["ptx"].count("wgmma.mma_async")  # Hopper tensor-core instructions issued
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -104,6 +113,13 @@ def cases():
                         tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
                         yield (f"attention fwd tma {tag}", attn_k._attention_fwd_tma_kernel, dt, {**ptr_f32, **descs},
                                {**tma, **cfg, "WARP_SPECIALIZE": False}, warps, stages)
+                    if not varlen and dtype != torch.float32 and hd in attn_k.WS_TILES:  # the Gluon forward
+                        ws = attn_k.WS_TILES[hd]
+                        descs = {name: attn_ws_k.descriptor_signature(dtype, rows, hd) for name, rows in
+                                 (("desc_q", ws["BLOCK_M"]), ("desc_k", ws["BLOCK_N"]), ("desc_v", ws["BLOCK_N"]))}
+                        yield (f"attention fwd ws {tag}", attn_ws_k._attention_fwd_ws_kernel, dt, {**ptr_f32, **descs},
+                               dict(CAUSAL=causal, NUM_STAGES=ws["num_stages"], num_warps=ws["num_warps"]),
+                               ws["num_warps"], 1)
                     for name, kern, c in (("dkdv", attn_bwd_k._attention_bwd_dkdv_kernel, dict(kv_cfg, FUSE_DQ=False)),
                                           ("dq", attn_bwd_k._attention_bwd_dq_kernel, q_cfg),
                                           ("fused dkdv+dq", attn_bwd_k._attention_bwd_dkdv_kernel, fused_cfg)):

@@ -41,7 +41,9 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
             monkeypatch.setitem(fwd_kernels.TILE_OVERRIDES, kind, sweep._tile(tile))
             if kind == "fwd":
                 cfg = fwd_kernels.fwd_config(head_dim, torch.bfloat16)
-                assert cfg["TMA"] == (len(tile) > 4) and cfg["WARP_SPECIALIZE"] == (tile[4:] == ("tma-ws",))
+                variant = tile[4] if len(tile) > 4 else "pointer"
+                assert cfg["TMA"] == variant.startswith("tma") and cfg["WARP_SPECIALIZE"] == (variant == "tma-ws")
+                assert cfg["WS"] == (variant == "ws")
             else:
                 kv, q = bwd_kernels.bwd_configs(head_dim, torch.bfloat16)
                 cfg = kv if kind == "dkdv" else q

@@ -39,19 +39,23 @@ from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); the first of each list is the shipped default at
 # that head dim. Variants (kernels/NOTES.md v5; at hd128 all compile for sm_90 without spills, or
 # nearly): "tma" runs the tensor-descriptor forward, "tma-ws" the same with Triton's automatic warp
-# specialisation of its key loop; a dK/dV tile marked "fused" runs the fused backward (dQ by atomics
-# in the dK/dV pass, no dQ launch), so its fwd+bwd time compares directly with the split tiles'.
-VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "fused": {"FUSE_DQ": True}}
+# specialisation of its key loop, "ws" the hand-written warp-specialised Gluon kernel (attention_ws.py:
+# num_warps must be 8, num_stages is the depth of its K/V ring); a dK/dV tile marked "fused" runs the
+# fused backward (dQ by atomics in the dK/dV pass, no dQ launch), so its fwd+bwd time compares
+# directly with the split tiles'. Every forward candidate's output is checked before it is timed.
+VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "ws": {"WS": True},
+            "fused": {"FUSE_DQ": True}}
 TILES = {  # head dim -> {kernel: candidates}
     128: {"fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
                   (128, 32, 4, 4), (64, 128, 4, 3),
-                  (64, 64, 4, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma-ws")],
+                  (64, 64, 4, 3, "tma"), (128, 64, 8, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 64, 8, 3, "tma-ws"),
+                  (128, 128, 8, 2, "ws"), (128, 64, 8, 3, "ws"), (128, 64, 8, 4, "ws")],
           "dkdv": [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
                    (32, 128, 4, 3), (16, 128, 8, 3),
                    (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused")],
           "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3)]},
     64: {"fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4),
-                 (128, 64, 4, 3, "tma"), (128, 128, 8, 2, "tma")],
+                 (128, 64, 4, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 128, 8, 2, "ws"), (128, 128, 8, 3, "ws")],
          "dkdv": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3),
                   (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused")],
          "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3)]},
@@ -86,6 +90,11 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
     def fwd_bwd():
         return torch.autograd.grad(fwd(), (q, k, v), grad)
 
+    with torch.no_grad():  # forward truth (fp32 math) and the shipped tile's error against it
+        truth = attention_ref(*(t.float() for t in (q, k, v)))
+        TILE_OVERRIDES.clear()
+        shipped_err = max_err(fwd(), truth)
+
     for kind, tiles in candidates.items():
         if kind == "dq" and TILE_OVERRIDES["dkdv"].get("FUSE_DQ"):
             best[kind] = tiles[0]  # the fused backward won: it launches no dQ pass to tune
@@ -94,6 +103,11 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
         for tile in tiles:
             TILE_OVERRIDES[kind] = _tile(tile)
             try:
+                if kind == "fwd":  # a fast wrong forward must not win (nor then fail every swept tile)
+                    with torch.no_grad():
+                        err = max_err(fwd(), truth)
+                    if not err <= 2 * shipped_err + 1e-3:
+                        raise ValueError(f"output error {err:.3g} vs the shipped tile's {shipped_err:.3g}")
                 fwd_bwd()
                 torch.cuda.synchronize()
                 ms = do_bench(fwd, warmup=10, rep=40) if kind == "fwd" else do_bench(fwd_bwd, warmup=10, rep=40)

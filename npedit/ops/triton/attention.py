@@ -259,28 +259,39 @@ def tile_override(kind: str, head_dim_pad: int, dtype: torch.dtype) -> dict | No
     return None
 
 
-FWD_VARIANTS = ("pointer", "tma")
+FWD_VARIANTS = ("pointer", "tma", "ws")
 
 
 def fwd_variant() -> str:
-    """`NPEDIT_ATTN_FWD`: "pointer" (default: masked pointer loads) or "tma" (the batch layout through
+    """`NPEDIT_ATTN_FWD`: "pointer" (default: masked pointer loads), "tma" (the batch layout through
     tensor descriptors, `_attention_fwd_tma_kernel`; varlen inputs, inputs whose strides TMA cannot
-    take and GPUs before sm_90 keep the pointer kernel)."""
+    take and GPUs before sm_90 keep the pointer kernel) or "ws" (the warp-specialised Gluon kernel of
+    attention_ws.py on sm_90, fp16/bf16, head dim 64 or 128; the pointer kernel elsewhere)."""
     return env_choice("NPEDIT_ATTN_FWD", FWD_VARIANTS)
 
 
 def fwd_config(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Block sizes and the variant (TMA: descriptor loads; WARP_SPECIALIZE: Triton's automatic warp
-    specialisation of the TMA kernel's unmasked key loop, only through tile overrides). The
+    specialisation of the TMA kernel's unmasked key loop, only through tile overrides; WS: the Gluon
+    kernel, whose num_stages is the depth of its K/V ring and num_warps always 8). The
     interpreter uses small tiles so tests cross several tiles and tails. GPU configs are the largest
     tiles that compile for sm_90 without register spills in the common cases
     (kernels/compile_check.py; NOTES.md has the sweep); fp32 runs FMA dots in small tiles."""
     override = tile_override("fwd", head_dim_pad, dtype)
     if override is None:
-        override = dict(_default_fwd_tiles(head_dim_pad, dtype), TMA=fwd_variant() == "tma")
-    override.setdefault("TMA", False)
-    override.setdefault("WARP_SPECIALIZE", False)
+        variant = fwd_variant()
+        if variant == "ws" and head_dim_pad in WS_TILES and dtype != torch.float32 and not interpreting():
+            override = dict(WS_TILES[head_dim_pad], WS=True)
+        else:
+            override = dict(_default_fwd_tiles(head_dim_pad, dtype), TMA=variant == "tma")
+    for key in ("TMA", "WARP_SPECIALIZE", "WS"):
+        override.setdefault(key, False)
     return override
+
+
+# the Gluon kernel's default tiles per padded head dim (FlashAttention-3's hd64 / hd128 forward shapes)
+WS_TILES = {64: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+            128: dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)}
 
 
 def _default_fwd_tiles(head_dim_pad: int, dtype: torch.dtype) -> dict:
@@ -360,7 +371,14 @@ def attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens_q=None
         lse.fill_(float("-inf"))
         return out.zero_().to(q.dtype), lse
     cfg = fwd_config(padded_head_dim(head_dim), q.dtype)
-    tma, warp_specialize = cfg.pop("TMA"), cfg.pop("WARP_SPECIALIZE")
+    tma, warp_specialize, ws = cfg.pop("TMA"), cfg.pop("WARP_SPECIALIZE"), cfg.pop("WS")
+    if ws:
+        from npedit.ops.triton.attention_ws import attention_fwd_ws, ws_fits
+        if not varlen and ws_fits(q4, k4, v4, interpreting()):
+            attention_fwd_ws(q4, k4, v4, o4, lse, causal, softmax_scale * LOG2E, BLOCK_M=cfg["BLOCK_M"],
+                             BLOCK_N=cfg["BLOCK_N"], NUM_STAGES=cfg["num_stages"])
+            return out, lse
+        cfg = _default_fwd_tiles(padded_head_dim(head_dim), q.dtype)  # out of its scope: the pointer kernel
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), num_seqs * num_heads)
     if tma and not varlen and tma_loads_fit(q4, k4, v4, o4):
         block_d = padded_head_dim(head_dim)
