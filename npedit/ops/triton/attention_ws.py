@@ -29,6 +29,8 @@ import inspect
 import torch
 import triton
 
+from npedit.ops.triton.attention import _causal_key_ranges  # a Triton jit helper: Gluon calls it for scalars
+
 try:  # Triton >= 3.4 ships Gluon
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -44,22 +46,6 @@ if gluon is not None:
     # Triton 3.6 takes warp_specialize(default_args, default_fn, worker_args, worker_fns, warps, regs);
     # 3.7 takes warp_specialize([(default_fn, args), (worker_fn, args), ...], warps, regs).
     NEW_WS_API = gl.constexpr("functions_and_args" in inspect.signature(gl.warp_specialize).parameters)
-
-    @gluon.jit
-    def _ws_key_range(start_m, seqlen_q, seqlen_k, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
-                      BLOCK_N: gl.constexpr):
-        """(lo_mask, hi) for the query tile at start_m: keys [0, lo_mask) need no mask for any of its
-        rows, [lo_mask, hi) do (the causal diagonal, the sequence tail); keys >= hi are never seen.
-        Same ranges as attention.py's `_causal_key_ranges` (bottom-right causal alignment)."""
-        full_k = (seqlen_k // BLOCK_N) * BLOCK_N
-        if CAUSAL:
-            shift = seqlen_k - seqlen_q
-            hi = gl.maximum(gl.minimum(seqlen_k, start_m + BLOCK_M + shift), 0)
-            lo_mask = gl.minimum((gl.maximum(start_m + shift + 1, 0) // BLOCK_N) * BLOCK_N, full_k)
-        else:
-            hi = seqlen_k
-            lo_mask = full_k
-        return lo_mask, hi
 
     @gluon.jit
     def _ws_load_partition(desc_q, desc_k, desc_v, q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty,
@@ -190,7 +176,7 @@ if gluon is not None:
         off_b = pid_bh // num_heads
         off_h = pid_bh % num_heads
         start_m = pid_m * BLOCK_M
-        lo_mask, hi = _ws_key_range(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+        lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
         n_tiles = gl.cdiv(hi, BLOCK_N)
 
         # shared memory: the query tile and a ring of K / V tiles, seen as 2-D [rows, D] by wgmma
