@@ -20,7 +20,8 @@ log); a query row that sees no key gets out = 0 and lse = -inf.
 
 There is no CPU interpreter for Gluon: this kernel is checked by `kernels/compile_check.py`
 (lowered for sm_90 through ptxas) on the CPU, and for numerics only on a GPU
-(`tests/test_ops_attention_gpu.py`, `kernels/attention/validate_and_time.py`).
+(the gpu-marked tests of `tests/test_ops_attention_ws.py` and `tests/test_ops_attention.py`,
+`kernels/attention/validate_and_time.py`).
 """
 from __future__ import annotations
 
