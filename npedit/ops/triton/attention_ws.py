@@ -30,7 +30,8 @@ import inspect
 import torch
 import triton
 
-from npedit.ops.triton.attention import _causal_key_ranges  # a Triton jit helper: Gluon calls it for scalars
+# Triton jit helpers the Gluon kernel calls: the Triton forwards' key ranges and epilogue
+from npedit.ops.triton.attention import _causal_key_ranges, _fwd_epilogue
 
 try:  # Triton >= 3.4 ships Gluon
     from triton.experimental import gluon
@@ -78,7 +79,9 @@ if gluon is not None:
     def _ws_softmax_step(s, m_i, l_i, qk_scale, start_n, lo_mask, offs_m, offs_n, seqlen_q, seqlen_k,
                          CAUSAL: gl.constexpr):
         # s [BM, BN] fp32 raw scores of keys start_n + offs_n -> p [BM, BN] fp32 (unnormalised),
-        # alpha [BM] (the rescale of what was accumulated so far), l_i, m_i [BM] (log2 units)
+        # alpha [BM] (the rescale of what was accumulated so far), l_i, m_i [BM] (log2 units).
+        # The math of attention.py's `_online_softmax_step` without its P @ V, which the caller issues
+        # as an async wgmma (calling a split-out Triton helper from both made the Triton forward spill)
         s = s * qk_scale
         if start_n + s.shape[1] > lo_mask:  # the causal diagonal or the sequence tail
             cols = start_n + offs_n
@@ -146,13 +149,10 @@ if gluon is not None:
             acc = warpgroup_mma(p_op, _ws_tile(v_bufs, last % NUM_STAGES), acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(kv_empty.index(last % NUM_STAGES), count=1)
-        # epilogue: out = acc / l, lse = (m + log2 l) ln 2; empty rows 0 / -inf
-        empty = l_i == 0.0
-        l_safe = gl.where(empty, 1.0, l_i)
-        lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
-        gl.store(Lse + l_base + offs_m * stride_lm, lse, mask=offs_m < seqlen_q)
-        out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+        # the Triton forwards' epilogue on the accumulator's row layout: out, lse; empty rows 0 / -inf
+        out, lse = _fwd_epilogue(acc, gl.convert_layout(l_i, row_o), gl.convert_layout(m_i, row_o))
         rows = start_m + gl.arange(0, BLOCK_M, layout=row_o)
+        gl.store(Lse + l_base + rows * stride_lm, lse, mask=rows < seqlen_q)
         cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, o_layout))
         offs = gl.expand_dims(rows, 1) * stride_om + gl.expand_dims(cols, 0)
         mask = (gl.expand_dims(rows, 1) < seqlen_q) & (gl.expand_dims(cols, 0) < BLOCK_D)
