@@ -328,6 +328,17 @@ def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_p
     assert report.budget_line(tmp_path / "npedit_s0") == ""
 
 
+def test_the_budget_comes_from_an_ablation_where_no_npedit_run_is_on_disk(tmp_path):
+    """A folder of ablation runs only (merged into an earlier table) still states its budget."""
+    (tmp_path / "supervised_s0").mkdir()   # trained straight, no checkpoints: never the source
+    _checkpoint(tmp_path / "dmd_only_s0", 7200)
+    export = tmp_path / "dmd_only_s0" / "checkpoints" / "step_7200" / "export"
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps(
+        {"train": {"max_steps": 7200, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
+    assert report.budget_line(tmp_path).startswith("Budget per method: 7200 steps of batch 4 (1200 of them")
+
+
 def test_category_ratios_set_removals_aside(tmp_path, capsys):
     import category_ratios
 

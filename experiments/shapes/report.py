@@ -32,6 +32,7 @@ LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up on
           "vlm_w0.1": "NP-Edit, VLM x5 (vlm_weight=0.1)", "vlm_w0.3": "NP-Edit, VLM x15 (vlm_weight=0.3)",
           "supervised": "supervised on true pairs"}
 METRICS = ("exact", "success", "preservation", "pixel_mae")
+TRAINER_ARMS = ("npedit", "dmd_only", "vlm_only", "vlm_w0.1", "vlm_w0.3")   # forked from the warm-up, trained by train.py
 
 
 def load_reports(runs: Path, seeds: list[int], name: str = "oracle_report.json") -> dict[str, list[dict]]:
@@ -249,11 +250,13 @@ def untrained_editor(npedit_run: Path):
 
 
 def budget_line(runs: Path) -> str:
-    """The budget sentence, from the config of the first NP-Edit run's newest checkpoint ("" without one).
-    Not any checkpoint's: an arm also holds the warm-up's, whose max_steps is the warm-up's end."""
+    """The budget sentence, from the config of the first trainer arm's newest checkpoint (NP-Edit's where
+    RUNS has one, else an ablation's, which shares its budget; "" without any). Not any checkpoint's:
+    an arm also holds the warm-up's, whose max_steps is the warm-up's end."""
     from npedit.engine.checkpoint import latest_checkpoint
 
-    latest = next((c for c in map(latest_checkpoint, sorted(runs.glob("npedit_s*"))) if c is not None), None)
+    arms = [folder for arm in TRAINER_ARMS for folder in sorted(runs.glob(f"{arm}_s*"))]
+    latest = next((c for c in map(latest_checkpoint, arms) if c is not None), None)
     if latest is None or not (latest / "export" / "config.json").is_file():
         return ""
     cfg = json.loads((latest / "export" / "config.json").read_text())
