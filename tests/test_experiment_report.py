@@ -114,6 +114,15 @@ def _checkpoint(folder, step):
     (folder / "checkpoints" / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
 
 
+def _exported_checkpoint(folder, step):
+    """_checkpoint with the export's config of a run whose budget is `step` steps, 1,200 of them warm-up."""
+    _checkpoint(folder, step)
+    export = folder / "checkpoints" / f"step_{step}" / "export"
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps(
+        {"train": {"max_steps": step, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
+
+
 def test_an_arm_forks_from_the_shared_warmup_and_resumes(tmp_path):
     """The arm gets the warm-up's newest complete checkpoint, its metrics log and only its "before"
     report (the untrained student); its command resumes, and the warm-up's stops after the warm-up."""
@@ -319,11 +328,7 @@ def test_rescore_refuses_bad_arguments(tmp_path, capsys):
 
 def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_path):
     for step in (1200, 2100):   # step_1200 is the warm-up's, forked into the arm
-        _checkpoint(tmp_path / "npedit_s0", step)
-        export = tmp_path / "npedit_s0" / "checkpoints" / f"step_{step}" / "export"
-        export.mkdir()
-        (export / "config.json").write_text(json.dumps(
-            {"train": {"max_steps": step, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
+        _exported_checkpoint(tmp_path / "npedit_s0", step)
     assert report.budget_line(tmp_path).startswith("Budget per method: 2100 steps of batch 4 (1200 of them")
     assert report.budget_line(tmp_path / "npedit_s0") == ""
 
@@ -331,11 +336,7 @@ def test_the_budget_comes_from_the_newest_checkpoint_not_the_forked_warmup(tmp_p
 def test_the_budget_comes_from_an_ablation_where_no_npedit_run_is_on_disk(tmp_path):
     """A folder of ablation runs only (merged into an earlier table) still states its budget."""
     (tmp_path / "supervised_s0").mkdir()   # trained straight, no checkpoints: never the source
-    _checkpoint(tmp_path / "dmd_only_s0", 7200)
-    export = tmp_path / "dmd_only_s0" / "checkpoints" / "step_7200" / "export"
-    export.mkdir()
-    (export / "config.json").write_text(json.dumps(
-        {"train": {"max_steps": 7200, "warmup_stage_steps": 1200}, "data": {"batch_size": 4}}))
+    _exported_checkpoint(tmp_path / "dmd_only_s0", 7200)
     assert report.budget_line(tmp_path).startswith("Budget per method: 7200 steps of batch 4 (1200 of them")
 
 

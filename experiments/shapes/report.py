@@ -21,10 +21,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from npedit.data.shapes import SHAPES_CATEGORIES  # noqa: E402
+from run import METHODS, is_supervised  # noqa: E402
 
 ROWS = ("untrained", "warmup", "vlm_only", "dmd_only", "npedit", "vlm_w0.1", "vlm_w0.3", "supervised")
 LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up only", "vlm_only": "VLM only (dmd_weight=0)",
@@ -32,7 +34,7 @@ LABELS = {"untrained": "untrained student", "warmup": "reference-copy warm-up on
           "vlm_w0.1": "NP-Edit, VLM x5 (vlm_weight=0.1)", "vlm_w0.3": "NP-Edit, VLM x15 (vlm_weight=0.3)",
           "supervised": "supervised on true pairs"}
 METRICS = ("exact", "success", "preservation", "pixel_mae")
-TRAINER_ARMS = ("npedit", "dmd_only", "vlm_only", "vlm_w0.1", "vlm_w0.3")   # forked from the warm-up, trained by train.py
+TRAINER_ARMS = tuple(m for m in METHODS if not is_supervised(m))   # forked from the warm-up, trained by train.py; NP-Edit first
 
 
 def load_reports(runs: Path, seeds: list[int], name: str = "oracle_report.json") -> dict[str, list[dict]]:
