@@ -61,6 +61,31 @@ def _attention_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _bwd_row_stats(l_base, d_base, offs_m, row_ok, stride_lm):
+    """lse (log2 units; +inf for rows past the sequence and rows that saw no key, so their P = 0) and
+    delta [BM] of the query rows offs_m."""
+    lse = tl.load(l_base + offs_m * stride_lm, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(d_base + offs_m * stride_lm, mask=row_ok, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
+                    MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    """One query tile's share of dK/dV: k, v [BN, BD]; q, do [BM, BD]; lse, delta [BM].
+    -> dk, dv [BN, BD] fp32 (dk unscaled) and dS^T [BN, BM] fp32."""
+    p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])  # [BN, BM]
+    if MASKED:  # causal: key n visible to query m iff n <= m + (Sk - Sq)
+        p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BN, BM]
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv, ds_t
+
+
+@triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm, stride_dom, stride_lm,
                          stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale, sm_scale,
                          MASKED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
@@ -76,20 +101,30 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base,
         if UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        lse = tl.load(l_base + offs_m * stride_lm, mask=row_ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # empty rows: P = 0
-        delta = tl.load(d_base + offs_m * stride_lm, mask=row_ok, other=0.0)
-        p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])  # [BN, BM]
-        if MASKED:  # causal: key n visible to query m iff n <= m + (Sk - Sq)
-            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BN, BM]
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+        lse, delta = _bwd_row_stats(l_base, d_base, offs_m, row_ok, stride_lm)
+        dk, dv, ds_t = _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
+                                       MASKED, PRECISION)
         if FUSE_DQ:  # padded keys (n >= Sk) were loaded as 0: their dS rows add nothing here
             dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PRECISION) * sm_scale  # [BM, BD]
             tl.atomic_add(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :], dq, mask=mask, sem="relaxed")
     return dk, dv
+
+
+@triton.jit
+def _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """(lo, full_lo, mid) for the key tile at start_n: query tiles [lo, mid) straddle the causal
+    diagonal (masked), [full_lo, Sq) see every key of the tile; non-causal: all (0, 0, 0)."""
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q
+        lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
+        full_lo = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, lo)
+        mid = tl.minimum(full_lo, seqlen_q)
+    else:
+        lo = 0
+        full_lo = 0
+        mid = 0
+    return lo, full_lo, mid
 
 
 @triton.jit
@@ -128,26 +163,18 @@ def _attention_bwd_dkdv_kernel(
     kv_mask = (offs_n[:, None] < seqlen_k) & mask_d[None, :]
     off_b64 = off_b.to(tl.int64)
     off_hk64 = off_hk.to(tl.int64)
-    k = tl.load(K + off_b64 * stride_kb + off_hk64 * stride_kh + (k_start + offs_n[:, None]) * stride_kn
-                + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + off_b64 * stride_vb + off_hk64 * stride_vh + (k_start + offs_n[:, None]) * stride_vn
-                + offs_d[None, :], mask=kv_mask, other=0.0)
+    # sequence starts go into the scalar base pointers, so tile offsets stay int32
+    k_base = K + off_b64 * stride_kb + off_hk64 * stride_kh + k_start * stride_kn
+    v_base = V + off_b64 * stride_vb + off_hk64 * stride_vh + k_start * stride_vn
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # query tiles [lo, full_lo) straddle the causal diagonal; [full_lo, Sq) see every key of this tile.
     # Padded keys (n >= Sk) need no mask: their rows of dK/dV are never stored.
-    if CAUSAL:
-        shift = seqlen_k - seqlen_q
-        lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
-        full_lo = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, lo)
-        mid = tl.minimum(full_lo, seqlen_q)
-    else:
-        lo = 0
-        full_lo = 0
-        mid = 0
+    lo, full_lo, mid = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for g in range(0, group):
         off_h64 = (off_hk * group + g).to(tl.int64)
         q_base = Q + off_b64 * stride_qb + off_h64 * stride_qh + q_start * stride_qm
@@ -165,10 +192,26 @@ def _attention_bwd_dkdv_kernel(
                                       seqlen_q, seqlen_k, qk_scale, sm_scale, False, UPCAST, PRECISION, FUSE_DQ,
                                       BLOCK_M)
     dk = dk * sm_scale
-    tl.store(DK + off_b64 * stride_dkb + off_hk64 * stride_dkh + (k_start + offs_n[:, None]) * stride_dkn
-             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + off_b64 * stride_dvb + off_hk64 * stride_dvh + (k_start + offs_n[:, None]) * stride_dvn
-             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_base = DK + off_b64 * stride_dkb + off_hk64 * stride_dkh + k_start * stride_dkn
+    dv_base = DV + off_b64 * stride_dvb + off_hk64 * stride_dvh + k_start * stride_dvn
+    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_tile_step(dq, q, do, lse, delta, k, v, offs_m, offs_n, seqlen_q, seqlen_k, qk_scale,
+                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    """One key tile's share of dQ: q, do [BM, BD]; lse (log2 units), delta [BM]; k, v [BN, BD] (keys
+    past the sequence read as 0). -> dq [BM, BD] fp32, unscaled."""
+    p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])  # [BM, BN]
+    if MASKED:  # padded keys would give P = exp(-lse) != 0 here
+        valid = offs_n[None, :] < seqlen_k
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+        p = tl.where(valid, p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
 
 @triton.jit
@@ -185,15 +228,8 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])  # [BM, BN]
-        if MASKED:  # padded keys would give P = exp(-lse) != 0 here
-            valid = offs_n[None, :] < seqlen_k
-            if CAUSAL:
-                valid = valid & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
-            p = tl.where(valid, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        dq = _dq_tile_step(dq, q, do, lse, delta, k, v, offs_m, offs_n, seqlen_q, seqlen_k, qk_scale,
+                           MASKED, CAUSAL, PRECISION)
     return dq
 
 
@@ -234,17 +270,16 @@ def _attention_bwd_dq_kernel(
     q_mask = row_ok[:, None] & mask_d[None, :]
     off_b64 = off_b.to(tl.int64)
     off_h64 = off_h.to(tl.int64)
-    q = tl.load(Q + off_b64 * stride_qb + off_h64 * stride_qh + (q_start + offs_m[:, None]) * stride_qm
-                + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + off_b64 * stride_dob + off_h64 * stride_doh + (q_start + offs_m[:, None]) * stride_dom
-                 + offs_d[None, :], mask=q_mask, other=0.0)
+    # sequence starts go into the scalar base pointers, so tile offsets stay int32
+    q_base = Q + off_b64 * stride_qb + off_h64 * stride_qh + q_start * stride_qm
+    do_base = DO + off_b64 * stride_dob + off_h64 * stride_doh + q_start * stride_dom
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    l_ptrs = off_b64 * stride_lb + off_h64 * stride_lh + (q_start + offs_m) * stride_lm
-    lse = tl.load(Lse + l_ptrs, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta = tl.load(Delta + l_ptrs, mask=row_ok, other=0.0)
+    l_off = off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
+    lse, delta = _bwd_row_stats(Lse + l_off, Delta + l_off, offs_m, row_ok, stride_lm)
     k_base = K + off_b64 * stride_kb + off_hk.to(tl.int64) * stride_kh + k_start * stride_kn
     v_base = V + off_b64 * stride_vb + off_hk.to(tl.int64) * stride_vh + k_start * stride_vn
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -256,8 +291,8 @@ def _attention_bwd_dq_kernel(
                             mask_d, lo_mask, hi, seqlen_q, seqlen_k, qk_scale, True, CAUSAL, UPCAST, PRECISION,
                             BLOCK_N)
     dq = dq * sm_scale
-    tl.store(DQ + off_b64 * stride_dqb + off_h64 * stride_dqh + (q_start + offs_m[:, None]) * stride_dqm
-             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+    dq_base = DQ + off_b64 * stride_dqb + off_h64 * stride_dqh + q_start * stride_dqm
+    tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
 def preprocess_block_m(head_dim_pad: int) -> int:
