@@ -120,6 +120,19 @@ def cases():
                         yield (f"attention fwd ws {tag}", attn_ws_k._attention_fwd_ws_kernel, dt, {**ptr_f32, **descs},
                                dict(CAUSAL=causal, NUM_STAGES=ws["num_stages"], num_warps=ws["num_warps"]),
                                ws["num_warps"], 1)
+                    if not varlen and dtype != torch.float32:  # the TMA split backward (batch layout only)
+                        for name, kern, c, rows in (
+                                ("dkdv", attn_bwd_k._attention_bwd_dkdv_tma_kernel, kv_cfg,
+                                 {"desc_q": "M", "desc_do": "M", "desc_k": "N", "desc_v": "N", "desc_dk": "N",
+                                  "desc_dv": "N"}),
+                                ("dq", attn_bwd_k._attention_bwd_dq_tma_kernel, q_cfg,
+                                 {"desc_q": "M", "desc_do": "M", "desc_dq": "M", "desc_k": "N", "desc_v": "N"})):
+                            c = {k: v for k, v in c.items() if k.startswith("BLOCK")}
+                            descs = {d: f"tensordesc<{dt}[1,{c['BLOCK_' + r]},1,{hd}]>" for d, r in rows.items()}
+                            tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
+                            cfg_src = kv_cfg if name == "dkdv" else q_cfg
+                            yield (f"attention bwd {name} tma {tag}", kern, dt, {**ptr_f32, **descs}, {**tma, **c},
+                                   cfg_src["num_warps"], cfg_src["num_stages"])
                     for name, kern, c in (("dkdv", attn_bwd_k._attention_bwd_dkdv_kernel, dict(kv_cfg, FUSE_DQ=False)),
                                           ("dq", attn_bwd_k._attention_bwd_dq_kernel, q_cfg),
                                           ("fused dkdv+dq", attn_bwd_k._attention_bwd_dkdv_kernel, fused_cfg)):
@@ -167,12 +180,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--only", default="", help="substring filter on the case label")
+    parser.add_argument("--only", default="", help="substring filter on the case label (comma-separated: any of them)")
     parser.add_argument("--max-spill", type=int, default=256, help="spill bytes per thread that fail the check")
     args = parser.parse_args()
     results, failed = [], 0
+    wanted = args.only.split(",")
     for label, fn, dt, ptrs, consts, warps, stages in cases():
-        if args.only not in label:
+        if not any(part in label for part in wanted):
             continue
         row = {"case": label, "num_warps": warps, "num_stages": stages,
                **{k: v for k, v in consts.items() if k.startswith("BLOCK")}}

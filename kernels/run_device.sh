@@ -14,7 +14,8 @@
 # STAGES=build,tests,plan,step,answer_loss,attention,csrc,ops picks the stages (default: all of
 # these; `ops` is `pytest benchmarks/bench_ops.py`, every op against its peers, last because the
 # kernel scripts above already time attention and the answer losses); STAGES=...,attention_hd adds
-# the hd64 / hd256 attention tile sweeps; STAGES=...,zero3 adds the step
+# the hd64 / hd256 attention tile sweeps, STAGES=...,attention_causal the causal hd128 one;
+# STAGES=...,zero3 adds the step
 # through DeepSpeed's ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed).
 # Wheels the image lacks (pytest-benchmark and py-cpuinfo if missing; diffusers for the planner's
 # published-model cases; deepspeed for zero3) are installed from $WHEELS (default .wheels/) when that
@@ -120,6 +121,10 @@ has "$STAGES" step && stage bench_step 150 $PY -m pytest benchmarks/bench_step.p
 has "$STAGES" answer_loss && stage answer_loss 90 $PY kernels/answer_loss/validate_and_time.py --out "$RES/answer_loss.json" --quick --sweep_bwd
 has "$STAGES" attention && stage attention_sweep 150 $PY kernels/attention/validate_and_time.py --sweep-out "$RES/attention_tiles.json"
 has "$STAGES" attention && stage attention 180 $PY kernels/attention/validate_and_time.py --tiles "$RES/attention_tiles.json" --out "$RES/attention.json"
+# opt-in (STAGES=...,attention_causal): the hd128 tile sweep on causal attention (the VLM's language
+# model; the shipped backward tiles were chosen from non-causal timings and spill there, NOTES.md v7)
+has "$STAGES" attention_causal && stage attention_sweep_causal 150 $PY kernels/attention/validate_and_time.py \
+    --sweep-out "$RES/attention_tiles_causal.json" --causal
 # opt-in (STAGES=...,attention_hd): the hd64 / hd256 tile sweeps (only hd128 has been swept)
 for hd in 64 256; do
     has "$STAGES" attention_hd && stage "attention_sweep_hd$hd" 120 $PY kernels/attention/validate_and_time.py \

@@ -49,6 +49,7 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
                 cfg = kv if kind == "dkdv" else q
                 if kind == "dkdv":
                     assert kv["FUSE_DQ"] == (tile[4:] == ("fused",))
+                assert cfg["TMA"] == (tile[4:] == ("tma",))
             assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == tile[:4]
         monkeypatch.delitem(fwd_kernels.TILE_OVERRIDES, kind)
     assert fwd_kernels.fwd_config(head_dim, torch.float32)["TMA"] is False  # overrides never touch fp32

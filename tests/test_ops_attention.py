@@ -33,10 +33,12 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=[("pointer", "split"), ("tma", "fused")], ids=["pointer-split", "tma-fused"])
+@pytest.fixture(params=[("pointer", "split"), ("tma", "fused"), ("pointer", "tma")],
+                ids=["pointer-split", "tma-fused", "pointer-tmabwd"])
 def triton_backend(monkeypatch, request):
-    """The Triton kernels in both variants: pointer-load forward with the split backward (dK/dV and
-    dQ passes), and the tensor-descriptor (TMA) forward with the fused backward (dQ atomics)."""
+    """The Triton kernels in three variants: pointer-load forward with the split backward (dK/dV and
+    dQ passes), the tensor-descriptor (TMA) forward with the fused backward (dQ atomics), and the
+    pointer forward with the split backward's TMA kernels (varlen inputs keep the pointer ones)."""
     monkeypatch.setenv("NPEDIT_OPS", "triton")
     monkeypatch.setenv("NPEDIT_ATTN_FWD", request.param[0])
     monkeypatch.setenv("NPEDIT_ATTN_BWD", request.param[1])
@@ -142,18 +144,19 @@ def test_attention_varlen_equals_batched(triton_backend):
     torch.testing.assert_close(packed.view_as(q), ops.attention(q, k, v, causal=True), rtol=0, atol=0)
 
 
-def test_fused_backward_gives_the_split_backward_gradients(monkeypatch):
-    """Same gradients from both backward variants (fp32: only the summation order of dQ differs)."""
+@pytest.mark.parametrize("variant", ["fused", "tma"])
+def test_backward_variants_give_the_split_backward_gradients(monkeypatch, variant):
+    """Same gradients from every backward variant (fp32; fused: only the summation order of dQ differs)."""
     monkeypatch.setenv("NPEDIT_OPS", "triton")
     inputs = _inputs(2, 47, 33, 4, 2, 32, torch.float32)
     grad_out = torch.randn(2, 47, 4, 32)
     grads = {}
-    for variant in ("split", "fused"):
-        monkeypatch.setenv("NPEDIT_ATTN_BWD", variant)
-        grads[variant] = _run(lambda q, k, v: ops.attention(q, k, v, causal=True), inputs, grad_out)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), grads["split"], grads["fused"]):
+    for name in ("split", variant):
+        monkeypatch.setenv("NPEDIT_ATTN_BWD", name)
+        grads[name] = _run(lambda q, k, v: ops.attention(q, k, v, causal=True), inputs, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), grads["split"], grads[variant]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
-    assert grads["fused"][1].abs().sum() > 0
+    assert grads[variant][1].abs().sum() > 0
 
 
 def test_unknown_kernel_variants_are_named(monkeypatch):
@@ -169,7 +172,7 @@ def test_unknown_kernel_variants_are_named(monkeypatch):
 
 class _NotLaunched:
     def __getitem__(self, grid):
-        raise AssertionError("the pointer-load forward kernel was launched")
+        raise AssertionError("a pointer-load kernel was launched")
 
 
 def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypatch):
@@ -185,10 +188,39 @@ def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypa
     torch.testing.assert_close(ops.attention(q, k, v, causal=True), expected, atol=2e-2, rtol=2e-2)
     odd = torch.randn(1, 9, 3, 5)  # stride 15 fp32 elements = 60 bytes: not 16-byte aligned
     assert not kernels.tma_loads_fit(odd) and kernels.tma_loads_fit(q, k, v)
-    with pytest.raises(AssertionError, match="pointer-load forward"):
+    with pytest.raises(AssertionError, match="pointer-load kernel"):
         ops.attention(odd, odd, odd)
     monkeypatch.setattr(kernels, "_attention_fwd_kernel", pointer_kernel)
     torch.testing.assert_close(ops.attention(odd, odd, odd), ops.attention_ref(odd, odd, odd), atol=1e-5, rtol=1e-5)
+
+
+def test_tma_backward_runs_its_own_kernels_and_falls_back_where_it_cannot(monkeypatch):
+    """NPEDIT_ATTN_BWD=tma launches neither pointer-load backward pass for batch inputs TMA can
+    address; varlen inputs and broadcast (zero-stride) gradients take the pointer kernels."""
+    from npedit.ops.triton import attention_bwd as kernels
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "tma")
+    inputs = _inputs(2, 47, 33, 4, 2, 40, torch.bfloat16)
+    pointer = {name: getattr(kernels, name) for name in ("_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel")}
+    for name in pointer:
+        monkeypatch.setattr(kernels, name, _NotLaunched())
+    _compare(lambda q, k, v: ops.attention(q, k, v, causal=True),
+             lambda q, k, v: ops.attention_ref(q, k, v, causal=True), inputs, 1e-3, 2e-3)
+    q, k, v = inputs
+    broadcast = torch.randn(1, 1, 4, 40, dtype=torch.bfloat16).expand(2, 47, 4, 40)  # stride 0 over B and S
+    assert not kernels.tma_loads_fit(broadcast)
+    with pytest.raises(AssertionError, match="was launched"):
+        torch.autograd.grad(ops.attention(q, k, v), (q, k, v), broadcast)
+    cu = torch.tensor([0, 20, 47], dtype=torch.int32)
+    packed = [torch.randn(47, h, 40, dtype=torch.bfloat16, requires_grad=True) for h in (4, 2, 2)]
+    with pytest.raises(AssertionError, match="was launched"):
+        ops.attention_varlen(*packed, cu, cu, 27, 27).sum().backward()
+    for name, kernel in pointer.items():
+        monkeypatch.setattr(kernels, name, kernel)
+    grads = torch.autograd.grad(ops.attention(q, k, v), (q, k, v), broadcast)
+    ref = torch.autograd.grad(ops.attention_ref(q, k, v), (q, k, v), broadcast)
+    for a, r in zip(grads, ref):
+        torch.testing.assert_close(a, r, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.parametrize("varlen", [False, True])

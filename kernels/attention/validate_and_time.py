@@ -2,9 +2,9 @@
 
     python kernels/attention/validate_and_time.py --out results/attention.json [--quick]
 
-0. Tiles: `--sweep-out tiles.json [--head_dim 64|128|256]` times forward, dK/dV and dQ candidates
-   (`TILES`, with the TMA forward and the fused backward among them) at N = 4096, bf16, hd128 unless
-   told, non-causal, writes the fastest of each and exits (run it in its own process: a tile that breaks
+0. Tiles: `--sweep-out tiles.json [--head_dim 64|128|256] [--causal]` times forward, dK/dV and dQ
+   candidates (`TILES`, with the TMA forward, the fused backward and the TMA backward among them) at
+   N = 4096, bf16, hd128 and non-causal unless told, writes the fastest of each and exits (run it in its own process: a tile that breaks
    the CUDA context then costs nothing else); `--tiles tiles.json` uses them, after validating them
    (step 1) on every case; if any check fails the shipped tiles are used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
@@ -42,7 +42,8 @@ from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
 # specialisation of its key loop, "ws" the hand-written warp-specialised Gluon kernel (attention_ws.py:
 # num_warps must be 8, num_stages is the depth of its K/V ring); a dK/dV tile marked "fused" runs the
 # fused backward (dQ by atomics in the dK/dV pass, no dQ launch), so its fwd+bwd time compares
-# directly with the split tiles'. Every forward candidate's output is checked before it is timed.
+# directly with the split tiles'; a dK/dV or dQ tile marked "tma" runs that pass's tensor-descriptor
+# kernel (NOTES.md v7). Every forward candidate's output is checked before it is timed.
 VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "ws": {"WS": True},
             "fused": {"FUSE_DQ": True}}
 TILES = {  # head dim -> {kernel: candidates}
@@ -52,13 +53,17 @@ TILES = {  # head dim -> {kernel: candidates}
                   (128, 128, 8, 2, "ws"), (128, 64, 8, 3, "ws"), (128, 64, 8, 4, "ws")],
           "dkdv": [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
                    (32, 128, 4, 3), (16, 128, 8, 3),
-                   (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused")],
-          "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3)]},
+                   (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused"),
+                   (32, 64, 4, 3, "tma"), (32, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma")],
+          "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3),
+                 (64, 32, 4, 3, "tma"), (64, 64, 4, 3, "tma"), (128, 64, 8, 2, "tma")]},
     64: {"fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4),
                  (128, 64, 4, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 128, 8, 2, "ws"), (128, 128, 8, 3, "ws")],
          "dkdv": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3),
-                  (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused")],
-         "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3)]},
+                  (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused"),
+                  (32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma")],
+         "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                (128, 32, 8, 2, "tma"), (128, 64, 8, 2, "tma")]},
     256: {"fwd": [(64, 32, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2, "tma"), (64, 64, 8, 2, "tma"),
                   (128, 32, 8, 2, "tma")],
           "dkdv": [(16, 32, 8, 1), (32, 32, 8, 2), (16, 32, 4, 2), (16, 32, 8, 1, "fused"), (32, 32, 8, 2, "fused")],
@@ -71,10 +76,12 @@ def _tile(t: tuple) -> dict:
     return dict(BLOCK_M=t[0], BLOCK_N=t[1], num_warps=t[2], num_stages=t[3], **VARIANTS.get(t[4] if len(t) > 4 else "", {}))
 
 
-def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384) -> dict:
+def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384,
+                causal: bool = False) -> dict:
     """Median ms of each candidate tile of TILES[head_dim] (forward alone; backward = fwd+bwd - fwd with
     the other backward kernel at its current choice; a "fused" dK/dV tile has no dQ launch, so its time
-    is the whole backward). -> {"head_dim": .., "rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
+    is the whole backward), non-causal (DiT) or causal (the VLM's language model).
+    -> {"head_dim": .., "causal": .., "rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
     from triton.testing import do_bench
     attention_kernels.TILE_OVERRIDE_HEAD_DIM = head_dim
     candidates = TILES[head_dim]
@@ -85,13 +92,13 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
     rows, best = [], {}
 
     def fwd():
-        return attention(q, k, v)
+        return attention(q, k, v, causal=causal)
 
     def fwd_bwd():
         return torch.autograd.grad(fwd(), (q, k, v), grad)
 
     with torch.no_grad():  # forward truth (fp32 math) and the shipped tile's error against it
-        truth = attention_ref(*(t.float() for t in (q, k, v)))
+        truth = attention_ref(*(t.float() for t in (q, k, v)), causal=causal)
         TILE_OVERRIDES.clear()
         shipped_err = max_err(fwd(), truth)
 
@@ -119,7 +126,7 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
         best[kind] = min(timed)[1] if timed else tiles[0]
         TILE_OVERRIDES[kind] = _tile(best[kind])
     TILE_OVERRIDES.clear()
-    return {"head_dim": head_dim, "rows": rows, "best": {k: list(v) for k, v in best.items()},
+    return {"head_dim": head_dim, "causal": causal, "rows": rows, "best": {k: list(v) for k, v in best.items()},
             "defaults": {k: list(v[0]) for k, v in candidates.items()}}
 
 
@@ -221,6 +228,9 @@ def main() -> int:
     parser.add_argument("--tiles", help="JSON from --sweep-out: validate these tiles and use them if they pass")
     parser.add_argument("--head_dim", type=int, default=128, choices=sorted(TILES),
                         help="head dim of the tile sweep (--sweep-out; the timing table is hd128)")
+    parser.add_argument("--causal", action="store_true",
+                        help="sweep causal attention (--sweep-out; the launchers ship one tile per head dim, so a "
+                             "causal sweep is a record for NOTES.md, not a --tiles input)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -228,7 +238,7 @@ def main() -> int:
     import triton
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     if args.sweep_out:
-        sweep = dict(report, **sweep_tiles(head_dim=args.head_dim))
+        sweep = dict(report, **sweep_tiles(head_dim=args.head_dim, causal=args.causal))
         Path(args.sweep_out).write_text(json.dumps(sweep, indent=1))
         print("fastest tiles:", sweep["best"])
         return 0

@@ -312,15 +312,23 @@ def _default_fwd_tiles(head_dim_pad: int, dtype: torch.dtype) -> dict:
 
 def tma_loads_fit(*tensors: torch.Tensor) -> bool:
     """Whether TMA descriptors can address these [B, S, H, D] tensors: 16-byte aligned base and
-    strides, unit last stride, and (on the GPU) a Hopper or newer card."""
+    strides, unit last stride, no broadcast (zero-stride) dims, and (on the GPU) a Hopper or newer card."""
     if TensorDescriptor is None:
         return False
     for t in tensors:
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
             return False
+        if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+            return False
     if interpreting():
         return True
     return tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
+
+
+def head_tile_descriptor(t: torch.Tensor, rows: int, block_d: int) -> "TensorDescriptor":
+    """A TMA descriptor over [B, S, H, D] whose blocks [1, rows, 1, block_d] are `rows` tokens of one
+    head; rows past S and columns past D read as 0 and are not written."""
+    return TensorDescriptor.from_tensor(t, [1, rows, 1, block_d])
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -382,8 +390,8 @@ def attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens_q=None
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), num_seqs * num_heads)
     if tma and not varlen and tma_loads_fit(q4, k4, v4, o4):
         block_d = padded_head_dim(head_dim)
-        desc_q, desc_o = (TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_M"], 1, block_d]) for t in (q4, o4))
-        desc_k, desc_v = (TensorDescriptor.from_tensor(t, [1, cfg["BLOCK_N"], 1, block_d]) for t in (k4, v4))
+        desc_q, desc_o = (head_tile_descriptor(t, cfg["BLOCK_M"], block_d) for t in (q4, o4))
+        desc_k, desc_v = (head_tile_descriptor(t, cfg["BLOCK_N"], block_d) for t in (k4, v4))
         _attention_fwd_tma_kernel[grid](
             desc_q, desc_k, desc_v, desc_o, lse, softmax_scale * LOG2E, *lse_strides,
             num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k,

@@ -13,6 +13,12 @@ dK/dV program also forms scale dS K for each query tile it visits and adds it to
 accumulator [.., Sq, Hq, D] with atomics (FlashAttention-2's backward). Per (key tile, query tile)
 it issues 5 dots instead of the split's 7 (S and dP are not recomputed by a second kernel), for
 BLOCK_M x D fp32 atomic adds and a summation order that changes from run to run.
+
+The "tma" variant (`NPEDIT_ATTN_BWD=tma`, or TMA in a tile override) runs launches 2 and 3 as
+`_attention_bwd_dkdv_tma_kernel` / `_attention_bwd_dq_tma_kernel`: the same math on the batch layout
+with every [rows, D] tile loaded and stored through tensor descriptors (Hopper's TMA), so no tile
+carries pointers or load masks; on sm_90 the dQ pass then fits wider tiles without spills
+(kernels/NOTES.md v7).
 """
 from __future__ import annotations
 
@@ -22,8 +28,8 @@ import triton.language as tl
 
 from npedit.ops.backend import env_choice
 from npedit.ops.triton import interpreting
-from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, as_4d, dot_precision, padded_head_dim, store_dtype,
-                                        tile_override, upcast)
+from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, as_4d, dot_precision, head_tile_descriptor,
+                                        padded_head_dim, store_dtype, tile_override, tma_loads_fit, upcast)
 
 
 @triton.jit
@@ -295,17 +301,134 @@ def _attention_bwd_dq_kernel(
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, l_base, d_base, off_b, off_h, start_m, offs_m0, offs_n,
+                            stride_lm, seqlen_q, seqlen_k, qk_scale, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+                            PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # the query tile at start_m of q head off_h through the descriptors, then its dK/dV share
+    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
+    do = desc_do.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    offs_m = start_m + offs_m0
+    lse, delta = _bwd_row_stats(l_base, d_base, offs_m, offs_m < seqlen_q, stride_lm)
+    dk, dv, _ = _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
+                                MASKED, PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attention_bwd_dkdv_tma_kernel(
+    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Lse, Delta,
+    qk_scale, sm_scale,
+    stride_lb, stride_lh, stride_lm,
+    num_kv_heads, group, seqlen_q, seqlen_k,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """`_attention_bwd_dkdv_kernel` (split, batch layout) with tensor-descriptor (TMA) tile loads and
+    stores: descriptors over q/do [B, Sq, Hq, D] with blocks [1, BLOCK_M, 1, BLOCK_D] and over k/v/dk/dv
+    [B, Sk, Hk, D] with blocks [1, BLOCK_N, 1, BLOCK_D]; rows past a sequence and padded head-dim
+    columns read as 0 and are not written, so no tile carries a pointer or a load mask."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_kv_heads
+    off_hk = pid_bh % num_kv_heads
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo, full_lo, mid = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+    for g in range(0, group):
+        off_h = off_hk * group + g
+        l_off = off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
+        if CAUSAL:
+            for start_m in range(lo, mid, BLOCK_M):
+                dk, dv = _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, Lse + l_off, Delta + l_off, off_b, off_h,
+                                                 start_m, offs_m0, offs_n, stride_lm, seqlen_q, seqlen_k, qk_scale,
+                                                 True, UPCAST, PRECISION, BLOCK_M, BLOCK_D)
+        for start_m in range(full_lo, seqlen_q, BLOCK_M):
+            dk, dv = _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, Lse + l_off, Delta + l_off, off_b, off_h,
+                                             start_m, offs_m0, offs_n, stride_lm, seqlen_q, seqlen_k, qk_scale,
+                                             False, UPCAST, PRECISION, BLOCK_M, BLOCK_D)
+    dk = dk * sm_scale
+    desc_dk.store([off_b, start_n, off_hk, 0], dk.to(desc_dk.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
+    desc_dv.store([off_b, start_n, off_hk, 0], dv.to(desc_dv.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
+
+
+@triton.jit
+def _attn_bwd_dq_tma_tile(dq, q, do, lse, delta, desc_k, desc_v, off_b, off_hk, start_n, offs_m, offs_n0,
+                          seqlen_q, seqlen_k, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                          UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    # the key tile at start_n of kv head off_hk through the descriptors, then its dQ share
+    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return _dq_tile_step(dq, q, do, lse, delta, k, v, offs_m, start_n + offs_n0, seqlen_q, seqlen_k, qk_scale,
+                         MASKED, CAUSAL, PRECISION)
+
+
+@triton.jit
+def _attention_bwd_dq_tma_kernel(
+    desc_q, desc_k, desc_v, desc_do, desc_dq, Lse, Delta,
+    qk_scale, sm_scale,
+    stride_lb, stride_lh, stride_lm,
+    num_heads, group, seqlen_q, seqlen_k,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """`_attention_bwd_dq_kernel` (batch layout) with tensor-descriptor loads and store (blocks as in
+    `_attention_bwd_dkdv_tma_kernel`; dq's descriptor like q's)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    off_hk = off_h // group
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
+    do = desc_do.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    l_off = off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
+    lse, delta = _bwd_row_stats(Lse + l_off, Delta + l_off, offs_m, offs_m < seqlen_q, stride_lm)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+    for start_n in range(0, lo_mask, BLOCK_N):
+        dq = _attn_bwd_dq_tma_tile(dq, q, do, lse, delta, desc_k, desc_v, off_b, off_hk, start_n, offs_m, offs_n0,
+                                   seqlen_q, seqlen_k, qk_scale, False, CAUSAL, UPCAST, PRECISION, BLOCK_N, BLOCK_D)
+    for start_n in range(lo_mask, hi, BLOCK_N):  # the diagonal and the tail: masked
+        dq = _attn_bwd_dq_tma_tile(dq, q, do, lse, delta, desc_k, desc_v, off_b, off_hk, start_n, offs_m, offs_n0,
+                                   seqlen_q, seqlen_k, qk_scale, True, CAUSAL, UPCAST, PRECISION, BLOCK_N, BLOCK_D)
+    dq = dq * sm_scale
+    desc_dq.store([off_b, start_m, off_h, 0], dq.to(desc_dq.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
+
+
 def preprocess_block_m(head_dim_pad: int) -> int:
     """Rows per delta program: two [BM, BD] fp32 tiles stay in registers (hd256 at BM 64 spills)."""
     return 16 if interpreting() else max(16, min(64, 8192 // head_dim_pad))
 
 
-BWD_VARIANTS = ("split", "fused")
+BWD_VARIANTS = ("split", "fused", "tma")
 
 
 def bwd_variant() -> str:
-    """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic) or "fused" (dQ by atomics
-    inside the dK/dV pass; see the module docstring)."""
+    """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic), "fused" (dQ by atomics
+    inside the dK/dV pass; see the module docstring) or "tma" (the split passes with tensor-descriptor
+    loads and stores, batch layout only; varlen inputs, strides TMA cannot take and GPUs before sm_90
+    keep the pointer kernels)."""
     return env_choice("NPEDIT_ATTN_BWD", BWD_VARIANTS)
 
 
@@ -313,12 +436,17 @@ def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple
     """(dK/dV config, dQ config): the dK/dV pass holds a key tile and walks query tiles, the dQ pass
     the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py);
     attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps. FUSE_DQ in the dK/dV
-    config (from `bwd_variant()` or the override) means the dQ pass is not launched."""
-    fused = bwd_variant() == "fused"
+    config (from `bwd_variant()` or the override) means the dQ pass is not launched; TMA in either
+    config runs that pass's tensor-descriptor kernel where the inputs allow it."""
+    variant = bwd_variant()
+    fused, tma = variant == "fused", variant == "tma"
     kv, q = _default_bwd_configs(head_dim_pad, dtype, fused)
-    kv = tile_override("dkdv", head_dim_pad, dtype) or dict(kv, FUSE_DQ=fused)
+    kv = tile_override("dkdv", head_dim_pad, dtype) or dict(kv, FUSE_DQ=fused, TMA=tma)
+    q = tile_override("dq", head_dim_pad, dtype) or dict(q, TMA=tma)
     kv.setdefault("FUSE_DQ", False)
-    return kv, tile_override("dq", head_dim_pad, dtype) or q
+    for cfg in (kv, q):
+        cfg.setdefault("TMA", False)
+    return kv, q
 
 
 def _default_bwd_configs(head_dim_pad: int, dtype: torch.dtype, fused: bool = False) -> tuple[dict, dict]:
@@ -359,6 +487,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
     block_d = padded_head_dim(head_dim)
     kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
+    kv_tma, q_tma = kv_cfg.pop("TMA"), q_cfg.pop("TMA")
     fused = kv_cfg["FUSE_DQ"]
     if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
@@ -390,15 +519,36 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     args = (q4, k4, v4, do4, lse, delta)
     strides = (*_strides3(q4, varlen), *_strides3(k4, varlen), *_strides3(v4, varlen), *_strides3(do4, varlen))
     qk_scale = softmax_scale * LOG2E
-    _attention_bwd_dkdv_kernel[(triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)](
-        *args, dk4, dv4, dq4, cu_q, cu_k, qk_scale, softmax_scale,
-        *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *_strides3(dq4, varlen), *l_strides,
-        num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
-        CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **kv_cfg)
-    if not fused:
-        _attention_bwd_dq_kernel[(triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)](
+    group = num_heads // num_kv_heads
+    tma_fits = (kv_tma or q_tma) and not varlen and tma_loads_fit(q4, k4, v4, do4, dq4, dk4, dv4)
+    kv_grid = (triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)
+    if kv_tma and tma_fits and not fused:
+        bm, bn = kv_cfg["BLOCK_M"], kv_cfg["BLOCK_N"]
+        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dk4, bn),
+                                                                (dv4, bn))]
+        _attention_bwd_dkdv_tma_kernel[kv_grid](
+            *descs, lse, delta, qk_scale, softmax_scale, *l_strides, num_kv_heads, group, seqlen_q, seqlen_k,
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d,
+            **{key: val for key, val in kv_cfg.items() if key != "FUSE_DQ"})
+    else:
+        _attention_bwd_dkdv_kernel[kv_grid](
+            *args, dk4, dv4, dq4, cu_q, cu_k, qk_scale, softmax_scale,
+            *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *_strides3(dq4, varlen), *l_strides,
+            num_kv_heads, group, seqlen_q, seqlen_k, head_dim,
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **kv_cfg)
+    if fused:
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    q_grid = (triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)
+    if q_tma and tma_fits:
+        bm, bn = q_cfg["BLOCK_M"], q_cfg["BLOCK_N"]
+        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dq4, bm))]
+        _attention_bwd_dq_tma_kernel[q_grid](
+            *descs, lse, delta, qk_scale, softmax_scale, *l_strides, num_heads, group, seqlen_q, seqlen_k,
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d, **q_cfg)
+    else:
+        _attention_bwd_dq_kernel[q_grid](
             *args, dq4, cu_q, cu_k, qk_scale, softmax_scale,
             *strides, *_strides3(dq4, varlen), *l_strides,
-            num_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k, head_dim,
+            num_heads, group, seqlen_q, seqlen_k, head_dim,
             CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **q_cfg)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
