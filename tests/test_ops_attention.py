@@ -300,7 +300,7 @@ GPU_DTYPES = [  # (dtype, atol, rtol): fp16/bf16 P and dS enter the tensor-core 
 
 @pytest.mark.gpu
 @compiled_kernels
-@pytest.mark.parametrize("fwd,bwd", [("pointer", "split"), ("tma", "fused"), ("ws", "split")])
+@pytest.mark.parametrize("fwd,bwd", [("pointer", "split"), ("tma", "fused"), ("ws", "split"), ("pointer", "tma")])
 @pytest.mark.parametrize("dtype,atol,rtol", GPU_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128, 96, 256])

@@ -77,13 +77,15 @@ def _bwd_row_stats(l_base, d_base, offs_m, row_ok, stride_lm):
 
 
 @triton.jit
-def _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
-                    MASKED: tl.constexpr, PRECISION: tl.constexpr):
-    """One query tile's share of dK/dV: k, v [BN, BD]; q, do [BM, BD]; lse, delta [BM].
+def _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale, on_diagonal,
+                    CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    """One query tile's share of dK/dV: k, v [BN, BD]; q, do [BM, BD]; lse, delta [BM]; on_diagonal
+    (scalar): the tile straddles the causal diagonal and needs the mask.
     -> dk, dv [BN, BD] fp32 (dk unscaled) and dS^T [BN, BM] fp32."""
     p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])  # [BN, BM]
-    if MASKED:  # causal: key n visible to query m iff n <= m + (Sk - Sq)
-        p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
+    if CAUSAL:
+        if on_diagonal:  # key n visible to query m iff n <= m + (Sk - Sq)
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BN, BM]
     ds_t = p_t * (dp_t - delta[None, :])
@@ -93,12 +95,14 @@ def _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, s
 
 @triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm, stride_dom, stride_lm,
-                         stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, hi, seqlen_q, seqlen_k, qk_scale, sm_scale,
-                         MASKED: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                         stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, mask_hi, seqlen_q, seqlen_k, qk_scale,
+                         sm_scale, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                          FUSE_DQ: tl.constexpr, BLOCK_M: tl.constexpr):
-    # k, v [BN, BD]; dk, dv [BN, BD] fp32; walks query tiles [lo, hi). FUSE_DQ: also adds
-    # sm_scale * dS K [BM, BD] of each query tile to the fp32 dQ accumulator at dq_base (atomics).
-    for start_m in range(lo, hi, BLOCK_M):
+    # k, v [BN, BD]; dk, dv [BN, BD] fp32; walks query tiles [lo, Sq), masking those before mask_hi
+    # (causal). One loop, not a masked and an unmasked one: two inlined copies of this body cost
+    # 300-700 more spilled bytes per thread at hd128 on sm_90 (kernels/NOTES.md v7). FUSE_DQ: also
+    # adds sm_scale * dS K [BM, BD] of each query tile to the fp32 dQ accumulator at dq_base (atomics).
+    for start_m in range(lo, seqlen_q, BLOCK_M):
         offs_m = start_m + offs_m0
         row_ok = offs_m < seqlen_q
         mask = row_ok[:, None] & mask_d[None, :]
@@ -109,7 +113,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base,
             do = do.to(tl.float32)
         lse, delta = _bwd_row_stats(l_base, d_base, offs_m, row_ok, stride_lm)
         dk, dv, ds_t = _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
-                                       MASKED, PRECISION)
+                                       start_m < mask_hi, CAUSAL, PRECISION)
         if FUSE_DQ:  # padded keys (n >= Sk) were loaded as 0: their dS rows add nothing here
             dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PRECISION) * sm_scale  # [BM, BD]
             tl.atomic_add(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :], dq, mask=mask, sem="relaxed")
@@ -119,18 +123,17 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base,
 @triton.jit
 def _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    """(lo, full_lo, mid) for the key tile at start_n: query tiles [lo, mid) straddle the causal
-    diagonal (masked), [full_lo, Sq) see every key of the tile; non-causal: all (0, 0, 0)."""
+    """(lo, mask_hi) for the key tile at start_n: query tiles before lo see none of its keys, tiles
+    [lo, mask_hi) straddle the causal diagonal (masked), tiles from mask_hi on see every key of the
+    tile; non-causal: (0, 0)."""
     if CAUSAL:
         shift = seqlen_k - seqlen_q
         lo = (tl.maximum(start_n - shift, 0) // BLOCK_M) * BLOCK_M
-        full_lo = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, lo)
-        mid = tl.minimum(full_lo, seqlen_q)
+        mask_hi = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M, lo)
     else:
         lo = 0
-        full_lo = 0
-        mid = 0
-    return lo, full_lo, mid
+        mask_hi = 0
+    return lo, mask_hi
 
 
 @triton.jit
@@ -180,7 +183,7 @@ def _attention_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # Padded keys (n >= Sk) need no mask: their rows of dK/dV are never stored.
-    lo, full_lo, mid = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+    lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for g in range(0, group):
         off_h64 = (off_hk * group + g).to(tl.int64)
         q_base = Q + off_b64 * stride_qb + off_h64 * stride_qh + q_start * stride_qm
@@ -188,14 +191,9 @@ def _attention_bwd_dkdv_kernel(
         l_base = Lse + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
         d_base = Delta + off_b64 * stride_lb + off_h64 * stride_lh + q_start * stride_lm
         dq_base = DQAcc + off_b64 * stride_dqb + off_h64 * stride_dqh + q_start * stride_dqm
-        if CAUSAL:
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm,
-                                          stride_dom, stride_lm, stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, mid,
-                                          seqlen_q, seqlen_k, qk_scale, sm_scale, True, UPCAST, PRECISION, FUSE_DQ,
-                                          BLOCK_M)
         dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, l_base, d_base, dq_base, stride_qm, stride_dom,
-                                      stride_lm, stride_dqm, offs_n, offs_m0, offs_d, mask_d, full_lo, seqlen_q,
-                                      seqlen_q, seqlen_k, qk_scale, sm_scale, False, UPCAST, PRECISION, FUSE_DQ,
+                                      stride_lm, stride_dqm, offs_n, offs_m0, offs_d, mask_d, lo, mask_hi,
+                                      seqlen_q, seqlen_k, qk_scale, sm_scale, CAUSAL, UPCAST, PRECISION, FUSE_DQ,
                                       BLOCK_M)
     dk = dk * sm_scale
     dk_base = DK + off_b64 * stride_dkb + off_hk64 * stride_dkh + k_start * stride_dkn
@@ -303,8 +301,9 @@ def _attention_bwd_dq_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, l_base, d_base, off_b, off_h, start_m, offs_m0, offs_n,
-                            stride_lm, seqlen_q, seqlen_k, qk_scale, MASKED: tl.constexpr, UPCAST: tl.constexpr,
-                            PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                            stride_lm, seqlen_q, seqlen_k, qk_scale, on_diagonal, CAUSAL: tl.constexpr,
+                            UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
     # the query tile at start_m of q head off_h through the descriptors, then its dK/dV share
     q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
     do = desc_do.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
@@ -314,7 +313,7 @@ def _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, l_base, d_base, off_b
     offs_m = start_m + offs_m0
     lse, delta = _bwd_row_stats(l_base, d_base, offs_m, offs_m < seqlen_q, stride_lm)
     dk, dv, _ = _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
-                                MASKED, PRECISION)
+                                on_diagonal, CAUSAL, PRECISION)
     return dk, dv
 
 
@@ -345,19 +344,14 @@ def _attention_bwd_dkdv_tma_kernel(
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    lo, full_lo, mid = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+    lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for g in range(0, group):
         off_h = off_hk * group + g
         l_off = off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
-        if CAUSAL:
-            for start_m in range(lo, mid, BLOCK_M):
-                dk, dv = _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, Lse + l_off, Delta + l_off, off_b, off_h,
-                                                 start_m, offs_m0, offs_n, stride_lm, seqlen_q, seqlen_k, qk_scale,
-                                                 True, UPCAST, PRECISION, BLOCK_M, BLOCK_D)
-        for start_m in range(full_lo, seqlen_q, BLOCK_M):
+        for start_m in range(lo, seqlen_q, BLOCK_M):  # one loop, as in `_attn_bwd_dkdv_inner`
             dk, dv = _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, Lse + l_off, Delta + l_off, off_b, off_h,
                                              start_m, offs_m0, offs_n, stride_lm, seqlen_q, seqlen_k, qk_scale,
-                                             False, UPCAST, PRECISION, BLOCK_M, BLOCK_D)
+                                             start_m < mask_hi, CAUSAL, UPCAST, PRECISION, BLOCK_M, BLOCK_D)
     dk = dk * sm_scale
     desc_dk.store([off_b, start_n, off_hk, 0], dk.to(desc_dk.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))
     desc_dv.store([off_b, start_n, off_hk, 0], dv.to(desc_dv.dtype).reshape(1, BLOCK_N, 1, BLOCK_D))

@@ -45,8 +45,8 @@ except ImportError:  # pragma: no cover - older Triton: the variant falls back t
 WS_HEAD_DIMS = (64, 128)
 
 if gluon is not None:
-    # Triton 3.6 takes warp_specialize(default_args, default_fn, worker_args, worker_fns, warps, regs);
-    # 3.7 takes warp_specialize([(default_fn, args), (worker_fn, args), ...], warps, regs).
+    # Triton 3.6 and 3.7 take warp_specialize([(default_fn, args), (worker_fn, args), ...], warps, regs);
+    # older Gluon took warp_specialize(default_args, default_fn, worker_args, worker_fns, warps, regs).
     NEW_WS_API = gl.constexpr("functions_and_args" in inspect.signature(gl.warp_specialize).parameters)
 
     @gluon.jit
