@@ -120,7 +120,7 @@ def cases():
                         yield (f"attention fwd ws {tag}", attn_ws_k._attention_fwd_ws_kernel, dt, {**ptr_f32, **descs},
                                dict(CAUSAL=causal, NUM_STAGES=ws["num_stages"], num_warps=ws["num_warps"]),
                                ws["num_warps"], 1)
-                    if not varlen and dtype != torch.float32:  # the TMA split backward (batch layout only)
+                    if not varlen and dtype != torch.float32 and hd <= 128:  # the TMA split backward (its scope)
                         for name, kern, c, rows in (
                                 ("dkdv", attn_bwd_k._attention_bwd_dkdv_tma_kernel, kv_cfg,
                                  {"desc_q": "M", "desc_do": "M", "desc_k": "N", "desc_v": "N", "desc_dk": "N",

@@ -196,7 +196,8 @@ def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypa
 
 def test_tma_backward_runs_its_own_kernels_and_falls_back_where_it_cannot(monkeypatch):
     """NPEDIT_ATTN_BWD=tma launches neither pointer-load backward pass for batch inputs TMA can
-    address; varlen inputs and broadcast (zero-stride) gradients take the pointer kernels."""
+    address; varlen inputs, head dims above 128 and broadcast (zero-stride) gradients take the
+    pointer kernels."""
     from npedit.ops.triton import attention_bwd as kernels
     monkeypatch.setenv("NPEDIT_OPS", "triton")
     monkeypatch.setenv("NPEDIT_ATTN_BWD", "tma")
@@ -211,6 +212,9 @@ def test_tma_backward_runs_its_own_kernels_and_falls_back_where_it_cannot(monkey
     assert not kernels.tma_loads_fit(broadcast)
     with pytest.raises(AssertionError, match="was launched"):
         torch.autograd.grad(ops.attention(q, k, v), (q, k, v), broadcast)
+    wide = _inputs(1, 5, 5, 1, 1, 136, torch.float32)  # padded to 256
+    with pytest.raises(AssertionError, match="was launched"):
+        ops.attention(*wide).sum().backward()
     cu = torch.tensor([0, 20, 47], dtype=torch.int32)
     packed = [torch.randn(47, h, 40, dtype=torch.bfloat16, requires_grad=True) for h in (4, 2, 2)]
     with pytest.raises(AssertionError, match="was launched"):

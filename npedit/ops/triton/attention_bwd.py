@@ -421,8 +421,8 @@ BWD_VARIANTS = ("split", "fused", "tma")
 def bwd_variant() -> str:
     """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic), "fused" (dQ by atomics
     inside the dK/dV pass; see the module docstring) or "tma" (the split passes with tensor-descriptor
-    loads and stores, batch layout only; varlen inputs, strides TMA cannot take and GPUs before sm_90
-    keep the pointer kernels)."""
+    loads and stores, batch layout, head dims up to 128; varlen inputs, head dims above 128, strides
+    TMA cannot take and GPUs before sm_90 keep the pointer kernels)."""
     return env_choice("NPEDIT_ATTN_BWD", BWD_VARIANTS)
 
 
@@ -514,7 +514,8 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     strides = (*_strides3(q4, varlen), *_strides3(k4, varlen), *_strides3(v4, varlen), *_strides3(do4, varlen))
     qk_scale = softmax_scale * LOG2E
     group = num_heads // num_kv_heads
-    tma_fits = (kv_tma or q_tma) and not varlen and tma_loads_fit(q4, k4, v4, do4, dq4, dk4, dv4)
+    # (hd256 stays on the pointer kernels: its descriptor tiles spill 570-1330 B per thread on sm_90)
+    tma_fits = (kv_tma or q_tma) and not varlen and block_d <= 128 and tma_loads_fit(q4, k4, v4, do4, dq4, dk4, dv4)
     kv_grid = (triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)
     if kv_tma and tma_fits and not fused:
         bm, bn = kv_cfg["BLOCK_M"], kv_cfg["BLOCK_N"]
