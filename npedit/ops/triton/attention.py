@@ -90,6 +90,16 @@ def _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _query_tile_program(num_heads, group, BLOCK_M: tl.constexpr):
+    """This program's query tile, grid (query tiles, B * Hq): -> (off_b, off_h, off_hk, start_m)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // num_heads
+    off_h = pid_bh % num_heads
+    return off_b, off_h, off_h // group, pid_m * BLOCK_M
+
+
+@triton.jit
 def _fwd_start(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The online softmax's state before the first key: acc [BM, BD] = 0, l_i [BM] = 0, m_i [BM] = -inf."""
     return (tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), tl.zeros([BLOCK_M], dtype=tl.float32),
@@ -134,7 +144,7 @@ def _attention_fwd_kernel(
     else:
         q_start = 0
         k_start = 0
-    start_m = pid_m * BLOCK_M
+    start_m = pid_m * BLOCK_M  # (after the varlen loads: taking it from _query_tile_program costs 73 registers)
     if start_m >= seqlen_q:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -165,15 +175,22 @@ def _attention_fwd_kernel(
 
 
 @triton.jit
+def _load_head_tile(desc, off_b, start, off_h, UPCAST: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[ROWS, BLOCK_D] tile of tokens start.. of head off_h through a `head_tile_descriptor` (rows past
+    the sequence and columns past D read as 0); fp32 when UPCAST."""
+    tile = desc.load([off_b, start, off_h, 0]).reshape(ROWS, BLOCK_D)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _attn_fwd_tma_tile(acc, l_i, m_i, q, desc_k, desc_v, off_b, off_hk, start_n, offs_n, offs_m, seqlen_q, seqlen_k,
                        qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
                        PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # the key tile at start_n of kv head off_hk through the descriptors, then one softmax step
-    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_head_tile(desc_k, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
+    v = _load_head_tile(desc_v, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BM, BN]
     return _online_softmax_step(acc, l_i, m_i, s, v, start_n + offs_n, offs_m, seqlen_q, seqlen_k,
                                 MASKED, CAUSAL, PRECISION)
@@ -191,17 +208,10 @@ def _attention_fwd_tma_kernel(
     """The batch forward with tensor-memory-accelerator loads (Hopper's TMA; plain loads elsewhere):
     descriptors over q/k/v/out [B, S, H, D] with blocks [1, rows, 1, BLOCK_D], out-of-range rows and
     padded head-dim columns read as 0 and are not written. Same math as `_attention_fwd_kernel`."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // num_heads
-    off_h = pid_bh % num_heads
-    off_hk = off_h // group
-    start_m = pid_m * BLOCK_M
+    off_b, off_h, off_hk, start_m = _query_tile_program(num_heads, group, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_head_tile(desc_q, off_b, start_m, off_h, UPCAST, BLOCK_M, BLOCK_D)
     acc, l_i, m_i = _fwd_start(BLOCK_M, BLOCK_D)
     lo_mask, hi = _causal_key_ranges(start_m, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in tl.range(0, lo_mask, BLOCK_N, warp_specialize=WARP_SPECIALIZE):

@@ -28,8 +28,9 @@ import triton.language as tl
 
 from npedit.ops.backend import env_choice
 from npedit.ops.triton import interpreting
-from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, as_4d, dot_precision, head_tile_descriptor,
-                                        padded_head_dim, store_dtype, tile_override, tma_loads_fit, upcast)
+from npedit.ops.triton.attention import (LOG2E, _causal_key_ranges, _load_head_tile, _query_tile_program, as_4d,
+                                        dot_precision, head_tile_descriptor, padded_head_dim, store_dtype,
+                                        tile_override, tma_loads_fit, upcast)
 
 
 @triton.jit
@@ -248,11 +249,7 @@ def _attention_bwd_dq_kernel(
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // num_heads
-    off_h = pid_bh % num_heads
-    off_hk = off_h // group
+    off_b, off_h, off_hk, start_m = _query_tile_program(num_heads, group, BLOCK_M)
     if IS_VARLEN:
         q_start = tl.load(CuQ + off_b)
         seqlen_q = tl.load(CuQ + off_b + 1) - q_start
@@ -263,7 +260,6 @@ def _attention_bwd_dq_kernel(
     else:
         q_start = 0
         k_start = 0
-    start_m = pid_m * BLOCK_M
     if start_m >= seqlen_q:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -305,11 +301,8 @@ def _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, l_base, d_base, off_b
                             UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_D: tl.constexpr):
     # the query tile at start_m of q head off_h through the descriptors, then its dK/dV share
-    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
-    do = desc_do.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_head_tile(desc_q, off_b, start_m, off_h, UPCAST, BLOCK_M, BLOCK_D)
+    do = _load_head_tile(desc_do, off_b, start_m, off_h, UPCAST, BLOCK_M, BLOCK_D)
     offs_m = start_m + offs_m0
     lse, delta = _bwd_row_stats(l_base, d_base, offs_m, offs_m < seqlen_q, stride_lm)
     dk, dv, _ = _dkdv_tile_step(dk, dv, k, v, q, do, lse, delta, offs_n, offs_m, seqlen_q, seqlen_k, qk_scale,
@@ -337,11 +330,8 @@ def _attention_bwd_dkdv_tma_kernel(
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
-    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_head_tile(desc_k, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
+    v = _load_head_tile(desc_v, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
@@ -363,11 +353,8 @@ def _attn_bwd_dq_tma_tile(dq, q, do, lse, delta, desc_k, desc_v, off_b, off_hk, 
                           UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr):
     # the key tile at start_n of kv head off_hk through the descriptors, then its dQ share
-    k = desc_k.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    v = desc_v.load([off_b, start_n, off_hk, 0]).reshape(BLOCK_N, BLOCK_D)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_head_tile(desc_k, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
+    v = _load_head_tile(desc_v, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)
     return _dq_tile_step(dq, q, do, lse, delta, k, v, offs_m, start_n + offs_n0, seqlen_q, seqlen_k, qk_scale,
                          MASKED, CAUSAL, PRECISION)
 
@@ -383,19 +370,11 @@ def _attention_bwd_dq_tma_kernel(
 ):
     """`_attention_bwd_dq_kernel` (batch layout) with tensor-descriptor loads and store (blocks as in
     `_attention_bwd_dkdv_tma_kernel`; dq's descriptor like q's)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // num_heads
-    off_h = pid_bh % num_heads
-    off_hk = off_h // group
-    start_m = pid_m * BLOCK_M
+    off_b, off_h, off_hk, start_m = _query_tile_program(num_heads, group, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
-    q = desc_q.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
-    do = desc_do.load([off_b, start_m, off_h, 0]).reshape(BLOCK_M, BLOCK_D)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_head_tile(desc_q, off_b, start_m, off_h, UPCAST, BLOCK_M, BLOCK_D)
+    do = _load_head_tile(desc_do, off_b, start_m, off_h, UPCAST, BLOCK_M, BLOCK_D)
     l_off = off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
     lse, delta = _bwd_row_stats(Lse + l_off, Delta + l_off, offs_m, offs_m < seqlen_q, stride_lm)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -519,8 +498,8 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     kv_grid = (triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)
     if kv_tma and tma_fits and not fused:
         bm, bn = kv_cfg["BLOCK_M"], kv_cfg["BLOCK_N"]
-        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dk4, bn),
-                                                                (dv4, bn))]
+        tiles = ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dk4, bn), (dv4, bn))
+        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in tiles]
         _attention_bwd_dkdv_tma_kernel[kv_grid](
             *descs, lse, delta, qk_scale, softmax_scale, *l_strides, num_kv_heads, group, seqlen_q, seqlen_k,
             CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d,
@@ -536,7 +515,8 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     q_grid = (triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)
     if q_tma and tma_fits:
         bm, bn = q_cfg["BLOCK_M"], q_cfg["BLOCK_N"]
-        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dq4, bm))]
+        tiles = ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dq4, bm))
+        descs = [head_tile_descriptor(t, rows, block_d) for t, rows in tiles]
         _attention_bwd_dq_tma_kernel[q_grid](
             *descs, lse, delta, qk_scale, softmax_scale, *l_strides, num_heads, group, seqlen_q, seqlen_k,
             CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d, **q_cfg)
