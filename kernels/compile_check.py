@@ -121,18 +121,17 @@ def cases():
                                dict(CAUSAL=causal, NUM_STAGES=ws["num_stages"], num_warps=ws["num_warps"]),
                                ws["num_warps"], 1)
                     if not varlen and dtype != torch.float32 and hd <= 128:  # the TMA split backward (its scope)
+                        tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
                         for name, kern, c, rows in (
                                 ("dkdv", attn_bwd_k._attention_bwd_dkdv_tma_kernel, kv_cfg,
                                  {"desc_q": "M", "desc_do": "M", "desc_k": "N", "desc_v": "N", "desc_dk": "N",
                                   "desc_dv": "N"}),
                                 ("dq", attn_bwd_k._attention_bwd_dq_tma_kernel, q_cfg,
                                  {"desc_q": "M", "desc_do": "M", "desc_dq": "M", "desc_k": "N", "desc_v": "N"})):
-                            c = {k: v for k, v in c.items() if k.startswith("BLOCK")}
-                            descs = {d: f"tensordesc<{dt}[1,{c['BLOCK_' + r]},1,{hd}]>" for d, r in rows.items()}
-                            tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
-                            cfg_src = kv_cfg if name == "dkdv" else q_cfg
-                            yield (f"attention bwd {name} tma {tag}", kern, dt, {**ptr_f32, **descs}, {**tma, **c},
-                                   cfg_src["num_warps"], cfg_src["num_stages"])
+                            blocks = {k: v for k, v in c.items() if k.startswith("BLOCK")}
+                            descs = {d: f"tensordesc<{dt}[1,{blocks['BLOCK_' + r]},1,{hd}]>" for d, r in rows.items()}
+                            yield (f"attention bwd {name} tma {tag}", kern, dt, {**ptr_f32, **descs}, {**tma, **blocks},
+                                   c["num_warps"], c["num_stages"])
                     for name, kern, c in (("dkdv", attn_bwd_k._attention_bwd_dkdv_kernel, dict(kv_cfg, FUSE_DQ=False)),
                                           ("dq", attn_bwd_k._attention_bwd_dq_kernel, q_cfg),
                                           ("fused dkdv+dq", attn_bwd_k._attention_bwd_dkdv_kernel, fused_cfg)):

@@ -4,9 +4,10 @@
 
 0. Tiles: `--sweep-out tiles.json [--head_dim 64|128|256] [--causal]` times forward, dK/dV and dQ
    candidates (`TILES`, with the TMA forward, the fused backward and the TMA backward among them) at
-   N = 4096, bf16, hd128 and non-causal unless told, writes the fastest of each and exits (run it in its own process: a tile that breaks
-   the CUDA context then costs nothing else); `--tiles tiles.json` uses them, after validating them
-   (step 1) on every case; if any check fails the shipped tiles are used instead.
+   N = 4096, bf16, hd128 and non-causal unless told, writes the fastest of each and exits (run it in
+   its own process: a tile that breaks the CUDA context then costs nothing else); `--tiles tiles.json`
+   uses them, after validating them (step 1) on every case; if any check fails the shipped tiles are
+   used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
    outputs and all three gradients, with the tests' rule (error <= 2x the reference-in-bf16 error +
    atol). Timing only runs when validation passes (a fast wrong kernel is not a result).

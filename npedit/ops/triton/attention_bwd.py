@@ -460,8 +460,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
     block_d = padded_head_dim(head_dim)
     kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
-    kv_tma, q_tma = kv_cfg.pop("TMA"), q_cfg.pop("TMA")
-    fused = kv_cfg["FUSE_DQ"]
+    kv_tma, q_tma, fused = kv_cfg.pop("TMA"), q_cfg.pop("TMA"), kv_cfg.pop("FUSE_DQ")
     if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     else:
@@ -502,14 +501,13 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
         descs = [head_tile_descriptor(t, rows, block_d) for t, rows in tiles]
         _attention_bwd_dkdv_tma_kernel[kv_grid](
             *descs, lse, delta, qk_scale, softmax_scale, *l_strides, num_kv_heads, group, seqlen_q, seqlen_k,
-            CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d,
-            **{key: val for key, val in kv_cfg.items() if key != "FUSE_DQ"})
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, BLOCK_D=block_d, **kv_cfg)
     else:
         _attention_bwd_dkdv_kernel[kv_grid](
             *args, dk4, dv4, dq4, cu_q, cu_k, qk_scale, softmax_scale,
             *strides, *_strides3(dk4, varlen), *_strides3(dv4, varlen), *_strides3(dq4, varlen), *l_strides,
             num_kv_heads, group, seqlen_q, seqlen_k, head_dim,
-            CAUSAL=causal, UPCAST=up, PRECISION=prec, **common, **kv_cfg)
+            CAUSAL=causal, UPCAST=up, PRECISION=prec, FUSE_DQ=fused, **common, **kv_cfg)
     if fused:
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
     q_grid = (triton.cdiv(rows_q, q_cfg["BLOCK_M"]), num_seqs * num_heads)
