@@ -39,6 +39,7 @@ from npedit.ops.triton import answer_loss as loss_k  # noqa: E402
 from npedit.ops.triton import attention as attn_k  # noqa: E402
 from npedit.ops.triton import attention_bwd as attn_bwd_k  # noqa: E402
 from npedit.ops.triton import attention_ws as attn_ws_k  # noqa: E402
+from npedit.ops.triton import attention_ws_bwd as attn_wsb_k  # noqa: E402
 
 SMEM_LIMIT = {90: 232448, 80: 166912, 100: 232448}
 TL_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -120,6 +121,16 @@ def cases():
                         yield (f"attention fwd ws {tag}", attn_ws_k._attention_fwd_ws_kernel, dt, {**ptr_f32, **descs},
                                dict(CAUSAL=causal, NUM_STAGES=ws["num_stages"], num_warps=ws["num_warps"]),
                                ws["num_warps"], 1)
+                    if not varlen and dtype != torch.float32 and hd in attn_bwd_k.WS_BWD_TILES:  # the Gluon backward
+                        wsb = attn_bwd_k.WS_BWD_TILES[hd]
+                        descs = {name: attn_ws_k.descriptor_signature(dtype, wsb[block], hd) for name, block in
+                                 (("desc_q", "BLOCK_M"), ("desc_do", "BLOCK_M"), ("desc_k", "BLOCK_N"),
+                                  ("desc_v", "BLOCK_N"))}
+                        for fuse_dq, name in ((True, "ws"), (False, "ws-dkdv")):  # dQ by atomics, or by the dQ pass
+                            yield (f"attention bwd {name} {tag}", attn_wsb_k._attention_bwd_ws_kernel, dt,
+                                   {**ptr_f32, "DQ": "fp32", **descs},
+                                   dict(CAUSAL=causal, FUSE_DQ=fuse_dq, NUM_STAGES=wsb["num_stages"],
+                                        num_warps=wsb["num_warps"]), wsb["num_warps"], 1)
                     if not varlen and dtype != torch.float32 and hd <= 128:  # the TMA split backward (its scope)
                         tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}
                         for name, kern, c, rows in (

@@ -31,6 +31,9 @@ def test_sweeps_list_the_shipped_tiles_first(sweep, head_dim):
     assert sweep._tile(tiles["dkdv"][0]) == split_kv and sweep._tile(tiles["dq"][0]) == split_q
     fused_kv = bwd_kernels._default_bwd_configs(head_dim, torch.bfloat16, fused=True)[0]
     assert dict(fused_kv, FUSE_DQ=True) in [sweep._tile(t) for t in tiles["dkdv"]], "fused default not swept"
+    if head_dim in bwd_kernels.WS_BWD_TILES:  # the Gluon backward's default, with dQ by atomics
+        ws_kv = dict(bwd_kernels.WS_BWD_TILES[head_dim], WS=True, FUSE_DQ=True)
+        assert ws_kv in [sweep._tile(t) for t in tiles["dkdv"]], "warp-specialised backward's default not swept"
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
@@ -48,7 +51,10 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
                 kv, q = bwd_kernels.bwd_configs(head_dim, torch.bfloat16)
                 cfg = kv if kind == "dkdv" else q
                 if kind == "dkdv":
-                    assert kv["FUSE_DQ"] == (tile[4:] == ("fused",))
+                    assert kv["FUSE_DQ"] == (tile[4:] in (("fused",), ("ws-fused",)))
+                    assert kv["WS"] == (tile[4:] in (("ws-fused",), ("ws-split",)))
+                    if kv["WS"]:  # the Gluon kernel's rule: 16 keys per compute warp
+                        assert kv["BLOCK_N"] == 16 * kv["num_warps"] and head_dim in bwd_kernels.WS_BWD_TILES
                 assert cfg["TMA"] == (tile[4:] == ("tma",))
             assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == tile[:4]
         monkeypatch.delitem(fwd_kernels.TILE_OVERRIDES, kind)

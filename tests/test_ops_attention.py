@@ -302,12 +302,18 @@ GPU_DTYPES = [  # (dtype, atol, rtol): fp16/bf16 P and dS enter the tensor-core 
 ]
 
 
+# (forward, backward variant, head dim): the default kernels at every head dim; the variants where they
+# run their own kernels (elsewhere they fall back to the defaults' kernels, tested on the first lines)
+GPU_VARIANTS = [("pointer", "split", d) for d in (64, 128, 96, 256)] + [
+    (fwd, bwd, d) for fwd, bwd in (("tma", "fused"), ("ws", "ws"), ("pointer", "tma")) for d in (64, 128)] + [
+    ("tma", "fused", 256)]
+
+
 @pytest.mark.gpu
 @compiled_kernels
-@pytest.mark.parametrize("fwd,bwd", [("pointer", "split"), ("tma", "fused"), ("ws", "split"), ("pointer", "tma")])
+@pytest.mark.parametrize("fwd,bwd,d", GPU_VARIANTS)
 @pytest.mark.parametrize("dtype,atol,rtol", GPU_DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d", [64, 128, 96, 256])
 def test_attention_cuda(monkeypatch, dtype, atol, rtol, causal, d, fwd, bwd):
     monkeypatch.delenv("NPEDIT_OPS", raising=False)  # auto must pick Triton on CUDA
     monkeypatch.setenv("NPEDIT_ATTN_FWD", fwd)

@@ -19,6 +19,10 @@ The "tma" variant (`NPEDIT_ATTN_BWD=tma`, or TMA in a tile override) runs launch
 with every [rows, D] tile loaded and stored through tensor descriptors (Hopper's TMA), so no tile
 carries pointers or load masks; on sm_90 the dQ pass then fits wider tiles without spills
 (kernels/NOTES.md v7).
+
+The "ws" variant (`NPEDIT_ATTN_BWD=ws`, or WS in a dK/dV tile override) is the warp-specialised
+Gluon kernel of attention_ws_bwd.py (sm_90; a TMA load warp, K and V in shared memory, dQ by
+atomics unless the override drops FUSE_DQ); the split default runs wherever it does not apply.
 """
 from __future__ import annotations
 
@@ -394,15 +398,24 @@ def preprocess_block_m(head_dim_pad: int) -> int:
     return 16 if interpreting() else max(16, min(64, 8192 // head_dim_pad))
 
 
-BWD_VARIANTS = ("split", "fused", "tma")
+BWD_VARIANTS = ("split", "fused", "tma", "ws")
 
 
 def bwd_variant() -> str:
     """`NPEDIT_ATTN_BWD`: "split" (default; three launches, deterministic), "fused" (dQ by atomics
-    inside the dK/dV pass; see the module docstring) or "tma" (the split passes with tensor-descriptor
+    inside the dK/dV pass; see the module docstring), "tma" (the split passes with tensor-descriptor
     loads and stores, batch layout, head dims up to 128; varlen inputs, head dims above 128, strides
-    TMA cannot take and GPUs before sm_90 keep the pointer kernels)."""
+    TMA cannot take and GPUs before sm_90 keep the pointer kernels) or "ws" (the warp-specialised Gluon
+    backward of attention_ws_bwd.py, dQ by atomics, on sm_90 for fp16 / bf16 at head dim 64 or 128
+    in the batch layout; "split" elsewhere)."""
     return env_choice("NPEDIT_ATTN_BWD", BWD_VARIANTS)
+
+
+# the Gluon backward's default tiles per padded head dim (attention_ws_bwd.py: BLOCK_M query rows per
+# step, BLOCK_N = 16 keys per warp of its compute partition, num_stages = depth of the Q / dO ring):
+# FlashAttention-3's hd128 backward shape, not yet timed
+WS_BWD_TILES = {64: dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2),
+                128: dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)}
 
 
 def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple[dict, dict]:
@@ -410,15 +423,20 @@ def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple
     the reverse. GPU values: the largest tiles with no or few spills on sm_90 (compile_check.py);
     attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps. FUSE_DQ in the dK/dV
     config (from `bwd_variant()` or the override) means the dQ pass is not launched; TMA in either
-    config runs that pass's tensor-descriptor kernel where the inputs allow it."""
+    config runs that pass's tensor-descriptor kernel where the inputs allow it; WS in the dK/dV config
+    runs the Gluon backward (its dQ by atomics with FUSE_DQ, else by the dQ pass) where the inputs
+    allow it, the split default elsewhere."""
     variant = bwd_variant()
     fused, tma = variant == "fused", variant == "tma"
     kv, q = _default_bwd_configs(head_dim_pad, dtype, fused)
-    kv = tile_override("dkdv", head_dim_pad, dtype) or dict(kv, FUSE_DQ=fused, TMA=tma)
+    kv = dict(kv, FUSE_DQ=fused, TMA=tma)
+    if variant == "ws" and head_dim_pad in WS_BWD_TILES and dtype != torch.float32 and not interpreting():
+        kv = dict(WS_BWD_TILES[head_dim_pad], WS=True, FUSE_DQ=True)
+    kv = tile_override("dkdv", head_dim_pad, dtype) or kv
     q = tile_override("dq", head_dim_pad, dtype) or dict(q, TMA=tma)
-    kv.setdefault("FUSE_DQ", False)
-    for cfg in (kv, q):
-        cfg.setdefault("TMA", False)
+    for key in ("FUSE_DQ", "TMA", "WS"):
+        kv.setdefault(key, False)
+    q.setdefault("TMA", False)
     return kv, q
 
 
@@ -460,7 +478,12 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
     block_d = padded_head_dim(head_dim)
     kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
-    kv_tma, q_tma, fused = kv_cfg.pop("TMA"), q_cfg.pop("TMA"), kv_cfg.pop("FUSE_DQ")
+    kv_tma, q_tma, fused, ws = kv_cfg.pop("TMA"), q_cfg.pop("TMA"), kv_cfg.pop("FUSE_DQ"), kv_cfg.pop("WS")
+    if ws:
+        from npedit.ops.triton.attention_ws_bwd import attention_bwd_ws, ws_bwd_fits
+        # out of the Gluon kernel's scope (its accumulators start at -lse / scale: a positive scale)
+        if varlen or not softmax_scale > 0 or not ws_bwd_fits(q4, k4, v4, do4, interpreting()):
+            kv_cfg, fused, ws = _default_bwd_configs(block_d, q.dtype)[0], False, False
     if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     else:
@@ -495,7 +518,10 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     # (hd256 stays on the pointer kernels: its descriptor tiles spill 570-1330 B per thread on sm_90)
     tma_fits = (kv_tma or q_tma) and not varlen and block_d <= 128 and tma_loads_fit(q4, k4, v4, do4, dq4, dk4, dv4)
     kv_grid = (triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)
-    if kv_tma and tma_fits and not fused:
+    if ws:
+        attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq4 if fused else None, dk4, dv4, causal, qk_scale,
+                         softmax_scale, **kv_cfg)
+    elif kv_tma and tma_fits and not fused:
         bm, bn = kv_cfg["BLOCK_M"], kv_cfg["BLOCK_N"]
         tiles = ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dk4, bn), (dv4, bn))
         descs = [head_tile_descriptor(t, rows, block_d) for t, rows in tiles]

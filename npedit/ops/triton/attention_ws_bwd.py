@@ -1,0 +1,271 @@
+"""Warp-specialised attention backward for Hopper (sm_90), written in Gluon (`NPEDIT_ATTN_BWD=ws`).
+
+The Triton backward (attention_bwd.py) keeps K and V of its key tile in registers as wgmma A operands
+and leaves loads and matmuls to one instruction stream per warp: at hd128 it sits on the 255-register
+limit with 32-query steps and reaches 342-358 TFLOP/s on an H200 against cuDNN's 500-529
+(kernels/NOTES.md v2, v7). This kernel is FlashAttention-3's backward structure, by hand:
+
+- one program per (key tile of BLOCK_N = 128 keys, kv head, batch) keeps K and V in shared memory
+  (loaded once by TMA), so both are read by wgmma from shared memory and cost no registers;
+- a load partition (1 warp, 24 registers) streams the query tiles Q_i and dO_i of every q head of the
+  kv head's group by TMA into a NUM_STAGES-deep ring (`q_ready` / `do_ready` complete when the bytes
+  land, `qdo_empty` when the compute partition is done with the stage);
+- the compute partition (8 warps: two warpgroups, 64 keys each) works in the transposed frame, keys
+  on the rows: S^T = K Q_i^T and dP^T = V dO_i^T (async wgmma, shared-memory operands, accumulators
+  starting at -lse / scale and -delta so neither row statistic holds registers during the matmuls),
+  P^T = exp2(S^T - lse), dS^T = P^T (dP^T - delta), then dV += P^T dO_i and dK += dS^T Q_i with P^T
+  and dS^T as register A operands; dS^T also goes to shared memory (double-buffered), from which
+  dQ_i = dS_i K runs as one more wgmma (warpgroups split dQ's head dim) and is added to an fp32 dQ
+  accumulator by atomics, as the "fused" Triton variant does: 5 matmuls per tile pair, no dQ launch,
+  and a dQ summation order that changes from run to run. FUSE_DQ=False leaves dQ to the Triton dQ
+  pass instead (deterministic, 7 matmuls per pair, no atomics).
+
+Scope: the batch layout [B, S, H, D] with (H, D) contiguous and 16-byte aligned (the forward's
+`strides_fit`), fp16 / bf16, head dim 64 or 128, causal or not, grouped-query heads, a positive
+softmax scale; everything else,
+the interpreter and GPUs before sm_90 run the Triton backward. Tails need no masks: TMA reads rows past
+a sequence as zeros, padded query rows get lse = +inf (P = 0), padded key rows give dK / dV rows that
+are not stored and dQ terms that are multiplied by their zero K rows.
+
+There is no CPU interpreter for Gluon: the kernel is checked by `kernels/compile_check.py` (lowered
+for sm_90 through ptxas) on the CPU and for numerics only on a GPU (`tests/test_ops_attention_ws_bwd.py`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from npedit.ops.triton.attention_bwd import _bwd_row_stats, _causal_query_ranges
+from npedit.ops.triton.attention_ws import NEW_WS_API, _ws_tile, gluon, strides_fit, ws_descriptor
+
+if gluon is not None:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                  warpgroup_mma, warpgroup_mma_wait)
+
+    # a CTA-wide barrier of the calling partition: `gl.barrier` since Triton 3.7, `gl.thread_barrier` before
+    _partition_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+    @gluon.jit
+    def _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M: gl.constexpr):
+        # iteration it of a program -> (q head, first query row): the group's q heads one after the
+        # other, each over its query tiles from lo on
+        return off_hk * group + it // n_m, lo + (it % n_m) * BLOCK_M
+
+    @gluon.jit
+    def _wsb_load_partition(desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
+                            do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group):
+        # TMA issue only: K and V once, then Q_i, dO_i of iteration i into stage i % NUM_STAGES once the
+        # compute partition released the stage's previous tile (fresh barriers pass the wait on phase 1)
+        NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
+        BLOCK_M: gl.constexpr = desc_q.block_type.shape[1]
+        BLOCK_D: gl.constexpr = desc_q.block_type.shape[2]
+        mbarrier.expect(kv_bar, desc_k.block_type.nbytes + desc_v.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_k, [off_b, start_n, off_hk * BLOCK_D], kv_bar, k_smem)
+        tma.async_copy_global_to_shared(desc_v, [off_b, start_n, off_hk * BLOCK_D], kv_bar, v_smem)
+        for it in range(n_iter):
+            stage = it % NUM_STAGES
+            off_h, start_m = _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M)
+            mbarrier.wait(qdo_empty.index(stage), ((it // NUM_STAGES) & 1) ^ 1)
+            mbarrier.expect(q_ready.index(stage), desc_q.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_q, [off_b, start_m, off_h * BLOCK_D], q_ready.index(stage),
+                                            q_bufs.index(stage))
+            mbarrier.expect(do_ready.index(stage), desc_do.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_do, [off_b, start_m, off_h * BLOCK_D], do_ready.index(stage),
+                                            do_bufs.index(stage))
+
+    @gluon.jit
+    def _wsb_compute_partition(k_smem, v_smem, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty,
+                               Lse, Delta, DQ, DK, DV, qk_scale, sm_scale,
+                               stride_lb, stride_lh, stride_lm, stride_dqb, stride_dqm, stride_dqh,
+                               stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                               off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, group, seqlen_q, seqlen_k,
+                               CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr):
+        NUM_WARPS: gl.constexpr = gl.num_warps()
+        NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
+        BLOCK_N: gl.constexpr = k_smem.type.shape[0]
+        BLOCK_M: gl.constexpr = q_bufs.type.shape[2]
+        BLOCK_D: gl.constexpr = k_smem.type.shape[1]
+        # wgmma accumulators. S^T, dP^T [BN, BM] and dK, dV [BN, BD]: 16-row atoms, warps stacked along
+        # the keys (each warpgroup owns BN / 2 of them). dQ [BM, BD]: a warpgroup per BM rows if BM
+        # holds both, else the two split the head dim (BM = 64: each reads all of dS and half of K)
+        st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                           instr_shape=[16, BLOCK_M, 16])
+        kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                           instr_shape=[16, BLOCK_D, 16])
+        DQ_WARPS_M: gl.constexpr = min(NUM_WARPS, BLOCK_M // 16)
+        DQ_WARPS_D: gl.constexpr = NUM_WARPS // DQ_WARPS_M
+        dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[DQ_WARPS_M, DQ_WARPS_D],
+                                                           instr_shape=[16, BLOCK_D // DQ_WARPS_D, 16])
+        op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+        col_s: gl.constexpr = gl.SliceLayout(0, st_layout)
+        dtype: gl.constexpr = k_smem.dtype
+
+        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, st_layout))
+        offs_m0 = gl.arange(0, BLOCK_M, layout=col_s)
+        dk = gl.zeros([BLOCK_N, BLOCK_D], gl.float32, layout=kv_layout)
+        dv = gl.zeros([BLOCK_N, BLOCK_D], gl.float32, layout=kv_layout)
+        st_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=st_layout)
+        dq_zero = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=dq_layout)
+        dq_rows0 = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dq_layout))
+        dq_cols = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, dq_layout))
+        mbarrier.wait(kv_bar, 0)
+        # invariant at the top of iteration it: dK, dV hold the sums over iterations < it (dK unscaled);
+        # every wgmma of earlier iterations is complete and their stages are released
+        for it in range(n_iter):
+            stage = it % NUM_STAGES
+            phase = (it // NUM_STAGES) & 1
+            off_h, start_m = _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M)
+            l_off = off_b.to(gl.int64) * stride_lb + off_h.to(gl.int64) * stride_lh
+            offs_m = start_m + offs_m0
+            # lse in log2 units (+inf where P must be 0) and delta [BM] of the tile's queries enter the
+            # accumulators' initial values, so no register holds them while the matmuls run:
+            # S^T - lse / qk_scale and dP^T - delta come out of the wgmma
+            lse, delta = _bwd_row_stats(Lse + l_off, Delta + l_off, offs_m, offs_m < seqlen_q, stride_lm)
+            st_init = st_zero - gl.expand_dims(lse / qk_scale, 0)
+            dpt_init = st_zero - gl.expand_dims(delta, 0)
+            q_tile = _ws_tile(q_bufs, stage)
+            do_tile = _ws_tile(do_bufs, stage)
+            mbarrier.wait(q_ready.index(stage), phase)
+            st = warpgroup_mma(k_smem, q_tile.permute((1, 0)), st_init, is_async=True)
+            mbarrier.wait(do_ready.index(stage), phase)
+            dpt = warpgroup_mma(v_smem, do_tile.permute((1, 0)), dpt_init, is_async=True)
+            st = warpgroup_mma_wait(1, deps=(st, ))  # S^T - lse / qk_scale is done; dP^T may still run
+            pt = gl.exp2(st * qk_scale)
+            if CAUSAL:
+                if start_m < mask_hi:  # a diagonal tile: key n visible to query m iff n <= m + (Sk - Sq)
+                    visible = gl.expand_dims(offs_n, 1) <= gl.expand_dims(offs_m, 0) + (seqlen_k - seqlen_q)
+                    pt = gl.where(visible, pt, 0.0)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do_tile, dv, is_async=True)
+            dpt = warpgroup_mma_wait(1, deps=(dpt, ))  # dP^T - delta is done; P^T dO may still run
+            ds_t = (pt * dpt).to(dtype)
+            dk = warpgroup_mma(gl.convert_layout(ds_t, op_layout), q_tile, dk, is_async=True)
+            if FUSE_DQ:
+                # dQ_i = dS K reads every key's dS row: both warpgroups store theirs, then sync. Two
+                # buffers: a warpgroup cannot store into the one the other may still read, the barrier
+                # being between
+                ds_smem = ds_bufs.index(it % 2)
+                ds_smem.store(ds_t)
+                fence_async_shared()
+                _partition_barrier()
+                dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem, dq_zero, use_acc=False, is_async=True)
+                dq, dv, dk = warpgroup_mma_wait(0, deps=(dq, dv, dk))
+                mbarrier.arrive(qdo_empty.index(stage), count=1)
+                dq_rows = start_m + dq_rows0
+                dq_off = (off_b.to(gl.int64) * stride_dqb + off_h.to(gl.int64) * stride_dqh
+                          + gl.expand_dims(dq_rows, 1) * stride_dqm + gl.expand_dims(dq_cols, 0))
+                gl.atomic_add(DQ + dq_off, dq * sm_scale, mask=gl.expand_dims(dq_rows < seqlen_q, 1), sem="relaxed")
+            else:
+                dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+                mbarrier.arrive(qdo_empty.index(stage), count=1)
+        # epilogue: dK (scaled), dV rows of this key tile that exist
+        rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
+        cols = gl.expand_dims(gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, kv_layout)), 0)
+        row_ok = gl.expand_dims(rows < seqlen_k, 1)
+        dk_off = off_b.to(gl.int64) * stride_dkb + off_hk.to(gl.int64) * stride_dkh + gl.expand_dims(rows, 1) * stride_dkn
+        dv_off = off_b.to(gl.int64) * stride_dvb + off_hk.to(gl.int64) * stride_dvh + gl.expand_dims(rows, 1) * stride_dvn
+        gl.store(DK + dk_off + cols, (dk * sm_scale).to(DK.dtype.element_ty), mask=row_ok)
+        gl.store(DV + dv_off + cols, dv.to(DV.dtype.element_ty), mask=row_ok)
+
+    @gluon.jit
+    def _attention_bwd_ws_kernel(
+        desc_q, desc_k, desc_v, desc_do, Lse, Delta, DQ, DK, DV,
+        qk_scale, sm_scale,  # qk_scale = softmax_scale * log2(e)
+        stride_lb, stride_lh, stride_lm,
+        stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+        num_kv_heads, group, seqlen_q, seqlen_k,
+        CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        """desc_q / desc_do: TMA descriptors over q, dO [B, Sq, Hq * D] with blocks [1, BLOCK_M, D];
+        desc_k / desc_v over k, v [B, Sk, Hk * D], blocks [1, BLOCK_N, D]. Lse / Delta [B, Hq, Sq] fp32
+        (natural-log lse; delta = rowsum(dO * O) - dLSE); DQ fp32 [B, Sq, Hq, D], zeroed (atomics);
+        DK / DV [B, Sk, Hk, D]. Grid (key tiles, B * Hk)."""
+        BLOCK_M: gl.constexpr = desc_q.block_type.shape[1]
+        BLOCK_N: gl.constexpr = desc_k.block_type.shape[1]
+        BLOCK_D: gl.constexpr = desc_q.block_type.shape[2]
+        gl.static_assert(BLOCK_N == 16 * num_warps, "each warp owns 16 keys of the tile")
+        pid_n = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        off_b = pid_bh // num_kv_heads
+        off_hk = pid_bh % num_kv_heads
+        start_n = pid_n * BLOCK_N
+        lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
+        n_m = gl.maximum(gl.cdiv(seqlen_q - lo, BLOCK_M), 0)  # query tiles per q head that see a key of this tile
+        n_iter = group * n_m
+
+        # shared memory: K, V of the tile, a ring of Q / dO tiles, two dS^T buffers
+        k_smem = gl.allocate_shared_memory(desc_k.dtype, desc_k.block_type.shape, desc_k.layout)
+        v_smem = gl.allocate_shared_memory(desc_v.dtype, desc_v.block_type.shape, desc_v.layout)
+        q_bufs = gl.allocate_shared_memory(desc_q.dtype, [NUM_STAGES] + desc_q.block_type.shape, desc_q.layout)
+        do_bufs = gl.allocate_shared_memory(desc_do.dtype, [NUM_STAGES] + desc_do.block_type.shape, desc_do.layout)
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], desc_q.dtype)
+        ds_bufs = gl.allocate_shared_memory(desc_q.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+        kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        do_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        qdo_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_bar, count=1)
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(q_ready.index(i), count=1)
+            mbarrier.init(do_ready.index(i), count=1)
+            mbarrier.init(qdo_empty.index(i), count=1)
+        fence_async_shared()
+
+        k2 = k_smem.reshape([BLOCK_N, BLOCK_D])
+        v2 = v_smem.reshape([BLOCK_N, BLOCK_D])
+        # (argument tuples are written in the calls: a constexpr kept in a tuple variable becomes a tensor)
+        if NEW_WS_API:
+            gl.warp_specialize([
+                (_wsb_compute_partition, (k2, v2, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty,
+                                          Lse, Delta, DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm,
+                                          stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh,
+                                          stride_dvb, stride_dvn, stride_dvh, off_b, off_hk, start_n, lo, mask_hi,
+                                          n_m, n_iter, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ)),
+                (_wsb_load_partition, (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar,
+                                       q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group)),
+            ], [1], [24])
+        else:
+            gl.warp_specialize((k2, v2, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty, Lse, Delta,
+                                DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm, stride_dqb,
+                                stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn,
+                                stride_dvh, off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, group, seqlen_q,
+                                seqlen_k, CAUSAL, FUSE_DQ),
+                               _wsb_compute_partition,
+                               (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
+                                do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group),
+                               [_wsb_load_partition], [1], [24])
+
+
+# ---------------------------------------------------------------------------------------------------
+# launcher
+
+def ws_bwd_fits(q4, k4, v4, do4, interpreting: bool) -> bool:
+    """Whether `attention_bwd_ws` takes these [B, S, H, D] tensors: Gluon present, compiled kernels, an
+    sm_90 GPU, and q, k, v, dO each in the forward's descriptor scope (`strides_fit`: fp16 / bf16, head
+    dim 64 or 128, (H, D) contiguous, 16-byte aligned)."""
+    if gluon is None or interpreting or not q4.is_cuda or torch.cuda.get_device_capability(q4.device)[0] != 9:
+        return False
+    return all(strides_fit(t) for t in (q4, k4, v4, do4))
+
+
+def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, qk_scale: float, sm_scale: float,
+                     BLOCK_M: int = 64, BLOCK_N: int = 128, num_warps: int = 8, num_stages: int = 2) -> None:
+    """Fill dk4, dv4 (like k4, v4) and, unless dq32 is None, add dQ into dq32 (fp32 [B, Sq, Hq, D], zeroed
+    by the caller; None: the caller runs a dQ pass) from q4 [B, Sq, Hq, D], k4 / v4 [B, Sk, Hk, D], do4
+    (like q4), lse / delta [B, Hq, Sq] fp32 (inputs must pass `ws_bwd_fits`). BLOCK_N keys per program,
+    16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight."""
+    batch, seqlen_q, num_heads, _ = q4.shape
+    seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
+    if BLOCK_N != 16 * num_warps:
+        raise ValueError(f"the warp-specialised backward takes BLOCK_N = 16 * num_warps, got {BLOCK_N}, {num_warps}")
+    fuse_dq = dq32 is not None
+    if not fuse_dq:
+        dq32 = lse.new_empty(1, 1, 1, 1)  # never written: FUSE_DQ=False removes the atomics
+    desc_q, desc_do = (ws_descriptor(t, BLOCK_M) for t in (q4, do4))
+    desc_k, desc_v = (ws_descriptor(t, BLOCK_N) for t in (k4, v4))
+    grid = (triton.cdiv(seqlen_k, BLOCK_N), batch * num_kv_heads)
+    _attention_bwd_ws_kernel[grid](
+        desc_q, desc_k, desc_v, desc_do, lse, delta, dq32, dk4, dv4, qk_scale, sm_scale, *lse.stride(),
+        dq32.stride(0), dq32.stride(1), dq32.stride(2), dk4.stride(0), dk4.stride(1), dk4.stride(2),
+        dv4.stride(0), dv4.stride(1), dv4.stride(2), num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k,
+        CAUSAL=causal, FUSE_DQ=fuse_dq, NUM_STAGES=num_stages, num_warps=num_warps)

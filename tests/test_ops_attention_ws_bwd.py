@@ -1,0 +1,164 @@
+"""The warp-specialised Gluon backward (npedit/ops/triton/attention_ws_bwd.py, `NPEDIT_ATTN_BWD=ws`).
+
+Gluon has no CPU interpreter, so on the CPU the kernel is compiled for sm_90 (ptxas, no GPU needed)
+and its resources checked; its numerics are checked on a GPU (`test_warp_specialised_backward_cuda`
+below and `test_ops_attention.py`'s GPU tests). Off sm_90 the variant must run the split backward and
+give its results.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from npedit import ops
+from npedit.ops.triton import attention as fwd_kernels
+from npedit.ops.triton import attention_bwd as kernels
+from npedit.ops.triton import attention_ws_bwd, interpreting
+
+ROOT = Path(__file__).resolve().parents[1]
+compiled_kernels = pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPRET=0 to run the compiled kernels")
+
+
+def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(tmp_path):
+    """bf16 at both head dims, causal or not, dQ by atomics ("ws") or left to the dQ pass ("ws-dkdv"),
+    lowers for sm_90 without spills or a shared-memory overflow, really warp-specialised
+    (a 24-register TMA warp, compute warpgroups of at least 200), with wgmma issued for every matmul:
+    per (key tile, query tile) 4 of them without dQ, 5 with, so the fused kernel issues more."""
+    report = tmp_path / "ws_bwd.json"
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "kernels" / "compile_check.py"), "--only",
+                           "bwd ws bf16,bwd ws-dkdv bf16", "--json", str(report)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["case"]: r for r in json.loads(report.read_text())["results"]}
+    assert set(rows) == {f"attention bwd {name} bf16 hd{hd} {mask}" for name in ("ws", "ws-dkdv")
+                         for hd in (64, 128) for mask in ("full", "causal")}
+    for row in rows.values():  # the dK / dV accumulators and the S^T, dP^T tiles fit in 240 registers
+        assert row["ok"] and row["local"] == 0, row
+        assert min(row["setmaxnreg"]) == 24 and max(row["setmaxnreg"]) >= 200, row
+    for hd in (64, 128):
+        for mask in ("full", "causal"):
+            fused, dkdv = rows[f"attention bwd ws bf16 hd{hd} {mask}"], rows[f"attention bwd ws-dkdv bf16 hd{hd} {mask}"]
+            assert dkdv["wgmma"] > 0 and fused["wgmma"] > dkdv["wgmma"], (fused, dkdv)
+            assert fused["shared"] > dkdv["shared"], (fused, dkdv)  # the two dS^T buffers dQ reads
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_ws_variant_off_sm90_gives_the_split_backward_results(monkeypatch, causal):
+    """On the CPU (and any GPU but sm_90) NPEDIT_ATTN_BWD=ws runs the split backward, bit for bit."""
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    torch.manual_seed(0)
+    inputs = [torch.randn(2, 37, h, 64, requires_grad=True) for h in (4, 2, 2)]
+    grad = torch.randn(2, 37, 4, 64)
+    grads = {}
+    for variant in ("split", "ws"):
+        monkeypatch.setenv("NPEDIT_ATTN_BWD", variant)
+        grads[variant] = torch.autograd.grad(ops.attention(*inputs, causal=causal), inputs, grad)
+    for name, a, b in zip(("dq", "dk", "dv"), grads["split"], grads["ws"]):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
+
+
+def test_ws_config_out_of_the_kernels_scope_runs_the_split_default(monkeypatch):
+    """Where the launcher's config asks for the Gluon kernel (as on sm_90) but the inputs are out of its
+    scope (here: CPU tensors), the split default runs with its own tiles, not the Gluon kernel's."""
+    monkeypatch.setenv("NPEDIT_OPS", "triton")
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)  # GPU configs; the interpreter still runs
+    launched = []
+    real = kernels._attention_bwd_dkdv_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(kernels, "_attention_bwd_dkdv_kernel", Recording())
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, 150, 2, 128, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+    grad = torch.randn(1, 150, 2, 128, dtype=torch.bfloat16)
+    grads = {}
+    for variant in ("split", "ws"):
+        monkeypatch.setenv("NPEDIT_ATTN_BWD", variant)
+        assert kernels.bwd_configs(128, torch.bfloat16)[0]["WS"] == (variant == "ws")
+        grads[variant] = torch.autograd.grad(ops.attention(*inputs), inputs, grad)
+    split_tile = kernels._default_bwd_configs(128, torch.bfloat16)[0]["BLOCK_N"]
+    assert split_tile != kernels.WS_BWD_TILES[128]["BLOCK_N"]
+    assert launched == [(-(-150 // split_tile), 2)] * 2  # the split's key tiles both times
+    for name, a, b in zip(("dq", "dk", "dv"), grads["split"], grads["ws"]):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
+
+
+def test_ws_config_only_where_the_kernel_has_tiles(monkeypatch):
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "ws")
+    for module in (kernels, fwd_kernels):  # (tile overrides apply only to compiled kernels)
+        monkeypatch.setattr(module, "interpreting", lambda: False)
+    for head_dim_pad in (64, 128):
+        kv, _ = kernels.bwd_configs(head_dim_pad, torch.bfloat16)
+        assert kv["WS"] and kv["FUSE_DQ"] and not kv["TMA"]
+        assert kv["BLOCK_N"] == 16 * kv["num_warps"]  # the kernel's rule: 16 keys per compute warp
+    assert not kernels.bwd_configs(256, torch.bfloat16)[0]["WS"]  # no hd256 tiles: the split default
+    assert not kernels.bwd_configs(128, torch.float32)[0]["WS"]  # fp32 has no wgmma path here
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "split")
+    assert not kernels.bwd_configs(128, torch.bfloat16)[0]["WS"]
+    # a sweep's dK/dV override turns it on with or without dQ atomics
+    monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8,
+                                                                      num_stages=3, WS=True)})
+    kv, _ = kernels.bwd_configs(fwd_kernels.TILE_OVERRIDE_HEAD_DIM, torch.bfloat16)
+    assert kv["WS"] and not kv["FUSE_DQ"] and kv["num_stages"] == 3
+
+
+def test_ws_backward_rejects_a_key_tile_its_warps_do_not_cover():
+    t = torch.empty(1, 8, 1, 64, dtype=torch.bfloat16)
+    lse = torch.empty(1, 1, 8)
+    with pytest.raises(ValueError, match="BLOCK_N = 16 \\* num_warps"):
+        attention_ws_bwd.attention_bwd_ws(t, t, t, t, lse, lse, None, t, t, False, 1.0, 1.0, BLOCK_N=64, num_warps=8)
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+
+class _NotLaunched:
+    def __init__(self, name):
+        self.name = name
+
+    def __getitem__(self, grid):
+        raise AssertionError(f"{self.name} was launched")
+
+
+@pytest.mark.gpu
+@compiled_kernels
+@pytest.mark.parametrize("fuse_dq", [True, False], ids=["dq-atomics", "dq-pass"])
+@pytest.mark.parametrize("sq,sk", [(1000, 1000), (777, 1001), (1001, 777), (1, 300), (129, 128)])
+@pytest.mark.parametrize("d", [64, 128])
+def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, fuse_dq):
+    """The Gluon backward itself (no silent fallback: the Triton dK/dV kernels are patched to raise, and
+    with dQ atomics the dQ pass too) on sm_90: odd lengths, Sq > Sk causal (rows that see no key),
+    one query, GQA, fp16 and bf16; gradients against float64 with the tests' rule."""
+    from npedit.ops.testing import assert_close_to_reference
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the warp-specialised backward is for sm_90")
+    monkeypatch.delenv("NPEDIT_OPS", raising=False)
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "ws")
+    if not fuse_dq:  # the dK/dV kernel through a sweep-style override, dQ by the Triton dQ pass
+        monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDE_HEAD_DIM", d)
+        monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dict(kernels.WS_BWD_TILES[d], WS=True)})
+    patched = ["_attention_bwd_dkdv_kernel", "_attention_bwd_dkdv_tma_kernel"]
+    patched += ["_attention_bwd_dq_kernel", "_attention_bwd_dq_tma_kernel"] if fuse_dq else []
+    for name in patched:
+        monkeypatch.setattr(kernels, name, _NotLaunched(name))
+    for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):
+        for causal in (False, True):
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(2, s, h, d, device="cuda", dtype=dtype) for s, h in ((sq, 8), (sk, 2), (sk, 2)))
+            do = torch.randn(2, sq, 8, d, device="cuda", dtype=dtype)
+            results = {}
+            for name, fn, dt in (("ours", ops.attention, dtype), ("ref", ops.attention_ref, dtype),
+                                 ("ref64", ops.attention_ref, torch.float64)):
+                ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
+                results[name] = torch.autograd.grad(fn(*ins, causal=causal), ins, do.to(dt))
+            for i, name in enumerate(("dq", "dk", "dv")):
+                assert_close_to_reference(results["ours"][i], results["ref"][i], results["ref64"][i], atol, rtol,
+                                          name=f"{name} {dtype} {'causal' if causal else 'full'}")
