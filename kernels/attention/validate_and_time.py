@@ -44,9 +44,12 @@ from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
 # num_warps must be 8, num_stages is the depth of its K/V ring); a dK/dV tile marked "fused" runs the
 # fused backward (dQ by atomics in the dK/dV pass, no dQ launch), so its fwd+bwd time compares
 # directly with the split tiles'; a dK/dV or dQ tile marked "tma" runs that pass's tensor-descriptor
-# kernel (NOTES.md v7). Every forward candidate's output is checked before it is timed.
+# kernel (NOTES.md v7); a dK/dV tile marked "ws-fused" runs the warp-specialised Gluon backward
+# (attention_ws_bwd.py, BLOCK_N = 16 x num_warps, num_stages the depth of its Q / dO ring) with dQ by
+# atomics, "ws-split" the same kernel with dQ left to the dQ pass (NOTES.md v8). Every candidate's
+# output (forward) or gradients (backward) are checked before it is timed.
 VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "ws": {"WS": True},
-            "fused": {"FUSE_DQ": True}}
+            "fused": {"FUSE_DQ": True}, "ws-fused": {"WS": True, "FUSE_DQ": True}, "ws-split": {"WS": True}}
 TILES = {  # head dim -> {kernel: candidates}
     128: {"fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
                   (128, 32, 4, 4), (64, 128, 4, 3),
@@ -55,14 +58,18 @@ TILES = {  # head dim -> {kernel: candidates}
           "dkdv": [(32, 64, 4, 3), (16, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 2), (64, 128, 8, 2),
                    (32, 128, 4, 3), (16, 128, 8, 3),
                    (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused"),
-                   (32, 64, 4, 3, "tma"), (32, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma")],
+                   (32, 64, 4, 3, "tma"), (32, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma"),
+                   (64, 128, 8, 2, "ws-fused"), (64, 128, 8, 3, "ws-fused"), (64, 128, 8, 2, "ws-split"),
+                   (64, 128, 8, 3, "ws-split")],
           "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3),
                  (64, 32, 4, 3, "tma"), (64, 64, 4, 3, "tma"), (128, 64, 8, 2, "tma")]},
     64: {"fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4),
                  (128, 64, 4, 3, "tma"), (128, 128, 8, 2, "tma"), (128, 128, 8, 2, "ws"), (128, 128, 8, 3, "ws")],
          "dkdv": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3),
                   (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused"),
-                  (32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma")],
+                  (32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma"),
+                  (64, 128, 8, 2, "ws-fused"), (64, 128, 8, 3, "ws-fused"), (64, 128, 8, 2, "ws-split"),
+                  (128, 128, 8, 2, "ws-split")],
          "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                 (128, 32, 8, 2, "tma"), (128, 64, 8, 2, "tma")]},
     256: {"fwd": [(64, 32, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2, "tma"), (64, 64, 8, 2, "tma"),
@@ -98,14 +105,26 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
     def fwd_bwd():
         return torch.autograd.grad(fwd(), (q, k, v), grad)
 
-    with torch.no_grad():  # forward truth (fp32 math) and the shipped tile's error against it
-        truth = attention_ref(*(t.float() for t in (q, k, v)), causal=causal)
-        TILE_OVERRIDES.clear()
+    # truth in fp32 math (output and gradients) and the shipped tiles' errors against it
+    exact = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    truth = attention_ref(*exact, causal=causal)
+    truth_grads = torch.autograd.grad(truth, exact, grad.float())
+    truth = truth.detach()
+    del exact
+    TILE_OVERRIDES.clear()
+    with torch.no_grad():
         shipped_err = max_err(fwd(), truth)
+    shipped_grad_errs = [max_err(g, t) for g, t in zip(fwd_bwd(), truth_grads)]
+
+    def check_gradients():  # a fast wrong backward must not win either
+        for name, g, t, shipped in zip(("dq", "dk", "dv"), fwd_bwd(), truth_grads, shipped_grad_errs):
+            err = max_err(g, t)
+            if not err <= 2 * shipped + 1e-2 * float(t.abs().max()):
+                raise ValueError(f"{name} error {err:.3g} vs the shipped tiles' {shipped:.3g}")
 
     for kind, tiles in candidates.items():
         if kind == "dq" and TILE_OVERRIDES["dkdv"].get("FUSE_DQ"):
-            best[kind] = tiles[0]  # the fused backward won: it launches no dQ pass to tune
+            best[kind] = tiles[0]  # a fused backward won: it launches no dQ pass to tune
             continue
         timed = []
         for tile in tiles:
@@ -116,6 +135,8 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
                         err = max_err(fwd(), truth)
                     if not err <= 2 * shipped_err + 1e-3:
                         raise ValueError(f"output error {err:.3g} vs the shipped tile's {shipped_err:.3g}")
+                else:
+                    check_gradients()
                 fwd_bwd()
                 torch.cuda.synchronize()
                 ms = do_bench(fwd, warmup=10, rep=40) if kind == "fwd" else do_bench(fwd_bwd, warmup=10, rep=40)
