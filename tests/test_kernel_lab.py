@@ -59,3 +59,30 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
             assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]) == tile[:4]
         monkeypatch.delitem(fwd_kernels.TILE_OVERRIDES, kind)
     assert fwd_kernels.fwd_config(head_dim, torch.float32)["TMA"] is False  # overrides never touch fp32
+
+
+def test_a_failed_smoke_check_drops_the_gluon_candidates_and_nothing_else(sweep):
+    before = {hd: {kind: list(tiles) for kind, tiles in lists.items()} for hd, lists in sweep.TILES.items()}
+    sweep.drop_variants(["ws", "ws-fused", "ws-split"])
+    for hd, lists in sweep.TILES.items():
+        for kind, tiles in lists.items():
+            assert tiles == [t for t in before[hd][kind] if t[4:] not in (("ws",), ("ws-fused",), ("ws-split",))]
+            assert tiles[0] == before[hd][kind][0]
+    assert any(t[4:] == ("ws-fused",) for t in before[128]["dkdv"])  # there was something to drop
+    with pytest.raises(ValueError, match="unknown tile variants"):
+        sweep.drop_variants(["wss"])
+
+
+def test_smoke_settings_reach_each_gluon_kernel_alone(sweep, monkeypatch):
+    """Each SMOKE setting turns on one Gluon kernel and leaves the other kernels at their defaults."""
+    configs = {}
+    for name, (env, dkdv) in sweep.SMOKE.items():
+        for key in ("NPEDIT_ATTN_FWD", "NPEDIT_ATTN_BWD"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dkdv} if dkdv else {})
+        kv, _ = bwd_kernels.bwd_configs(128, torch.bfloat16)
+        configs[name] = (fwd_kernels.fwd_config(128, torch.bfloat16)["WS"], kv["WS"], kv["FUSE_DQ"])
+    assert configs == {"ws-fwd": (True, False, False), "ws-bwd": (False, True, True),
+                       "ws-bwd-dkdv": (False, True, False)}

@@ -36,6 +36,7 @@ from npedit.ops.attention import _impl, attention, attention_ref  # noqa: E402
 from npedit.ops.testing import max_err  # noqa: E402
 from npedit.ops.triton import attention as attention_kernels  # noqa: E402
 from npedit.ops.triton.attention import TILE_OVERRIDES  # noqa: E402
+from npedit.ops.triton.attention_bwd import WS_BWD_TILES  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, variant]); the first of each list is the shipped default at
 # that head dim. Variants (kernels/NOTES.md v5; at hd128 all compile for sm_90 without spills, or
@@ -78,6 +79,17 @@ TILES = {  # head dim -> {kernel: candidates}
           "dq": [(32, 32, 8, 1), (32, 64, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2)]},
 }
 # (hd64 / hd256 lists: the candidates that spill at most ~100 bytes per thread on sm_90, NOTES.md v5)
+
+
+def drop_variants(names) -> None:
+    """Leave the candidates of these variants out of every TILES list (the shipped tiles stay first)."""
+    names = set(names)
+    unknown = names - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown tile variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
+    for lists in TILES.values():
+        for kind, tiles in lists.items():
+            lists[kind] = [t for t in tiles if len(t) < 5 or t[4] not in names]
 
 
 def _tile(t: tuple) -> dict:
@@ -152,12 +164,16 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
             "defaults": {k: list(v[0]) for k, v in candidates.items()}}
 
 
-def validate(atol: float = 4e-3, rtol: float = 1e-2) -> list[dict]:
-    """Ours vs float64 reference; returns one row per (case, tensor) with errors and pass flags."""
+VALIDATION_CASES = [  # (B, Sq, Sk, Hq, Hk, D, causal)
+    (2, 1000, 1000, 16, 4, 128, False), (2, 1000, 1000, 16, 4, 128, True), (1, 777, 1001, 8, 8, 64, True),
+    (1, 1001, 777, 8, 1, 96, True), (1, 1000, 1000, 4, 4, 256, False)]
+
+
+def validate(atol: float = 4e-3, rtol: float = 1e-2, head_dims=(64, 96, 128, 256)) -> list[dict]:
+    """Ours vs float64 reference on VALIDATION_CASES of these head dims; returns one row per
+    (case, tensor) with errors and pass flags."""
     rows = []
-    cases = [(2, 1000, 1000, 16, 4, 128, False), (2, 1000, 1000, 16, 4, 128, True), (1, 777, 1001, 8, 8, 64, True),
-             (1, 1001, 777, 8, 1, 96, True), (1, 1000, 1000, 4, 4, 256, False)]
-    for b, sq, sk, hq, hk, d, causal in cases:
+    for b, sq, sk, hq, hk, d, causal in (case for case in VALIDATION_CASES if case[5] in head_dims):
         torch.manual_seed(0)
         q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16)
@@ -180,6 +196,35 @@ def validate(atol: float = 4e-3, rtol: float = 1e-2) -> list[dict]:
             print(f"{'ok ' if err <= bound else 'BAD'} {rows[-1]['case']:40s} {tensor:3s} err {err:.2e} "
                   f"ref-bf16 {ref_err:.2e} bound {bound:.2e}", flush=True)
     return rows
+
+
+# the Gluon kernels (never run before a GPU session; a wrong mbarrier protocol hangs rather than fails):
+# each alone, the other kernels at their defaults. name -> (environment, dK/dV tile override at hd128)
+SMOKE = {"ws-fwd": ({"NPEDIT_ATTN_FWD": "ws"}, None),
+         "ws-bwd": ({"NPEDIT_ATTN_BWD": "ws"}, None),
+         "ws-bwd-dkdv": ({}, dict(WS_BWD_TILES[128], WS=True))}  # dQ by the Triton dQ pass
+
+
+def smoke_ws() -> dict:
+    """validate() at hd64 / hd128 with each of SMOKE's settings -> {name: rows}."""
+    results = {}
+    for name, (env, dkdv) in SMOKE.items():
+        print(f"== {name}", flush=True)
+        saved = {key: os.environ.get(key) for key in ("NPEDIT_ATTN_FWD", "NPEDIT_ATTN_BWD")}
+        os.environ.update(env)
+        attention_kernels.TILE_OVERRIDE_HEAD_DIM = 128
+        if dkdv:
+            TILE_OVERRIDES["dkdv"] = dkdv
+        try:
+            results[name] = validate(head_dims=(64, 128))
+        finally:
+            TILE_OVERRIDES.clear()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return results
 
 
 def _sdpa(backend):
@@ -253,12 +298,25 @@ def main() -> int:
     parser.add_argument("--causal", action="store_true",
                         help="sweep causal attention (--sweep-out; the launchers ship one tile per head dim, so a "
                              "causal sweep is a record for NOTES.md, not a --tiles input)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="only validate the Gluon kernels (SMOKE), write --out and exit (1: one failed)")
+    parser.add_argument("--skip-variants", default="",
+                        help="comma-separated tile variants to leave out of the sweep (e.g. ws,ws-fused,ws-split "
+                             "after a failed --smoke)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     import triton
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    if args.smoke:
+        report["smoke"] = smoke_ws()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        failed = [name for name, rows in report["smoke"].items() if not all(r["ok"] for r in rows)]
+        print("failed:" if failed else "all passed", *failed)
+        return 1 if failed else 0
+    drop_variants(filter(None, args.skip_variants.split(",")))
     if args.sweep_out:
         sweep = dict(report, **sweep_tiles(head_dim=args.head_dim, causal=args.causal))
         Path(args.sweep_out).write_text(json.dumps(sweep, indent=1))
