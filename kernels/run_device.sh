@@ -107,16 +107,23 @@ if [ "$PRETRAIN_S" -gt 0 ]; then
 fi
 has "$STAGES" build && stage csrc_build 240 env NPEDIT_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=4 $PY setup.py build_ext --inplace
 # the Gluon kernels have never run, and a wrong mbarrier protocol hangs rather than fails: one short
-# check of each first; after a failure the sweep leaves them out, after a hang the tests too
-WS_TESTS=(tests/test_ops_attention_ws.py tests/test_ops_attention_ws_bwd.py); WS_FILTER=(); SKIP_WS=()
+# check of each first, each in its own process; after a failure the sweeps leave its candidates out,
+# after a hang (timeout) the GPU tests skip it too
+WS_TESTS=(tests/test_ops_attention_ws.py tests/test_ops_attention_ws_bwd.py); WS_FILTER=(); SKIP=""
 if has "$STAGES" tests || has "$STAGES" attention; then
-    stage ws_smoke 120 $PY kernels/attention/validate_and_time.py --smoke --out "$RES/ws_smoke.json"
-    case $? in
-        0) ;;
-        124|137) SKIP_WS=(--skip-variants ws,ws-fused,ws-split); WS_TESTS=(); WS_FILTER=(-k "not ws-ws") ;;
-        *) SKIP_WS=(--skip-variants ws,ws-fused,ws-split) ;;
-    esac
+    for kernel in ws-fwd ws-bwd ws-bwd-dkdv; do
+        stage "smoke_$kernel" 75 $PY kernels/attention/validate_and_time.py --smoke "$kernel" --out "$RES/smoke_$kernel.json"
+        rc=$?
+        [ $rc -eq 0 ] && continue
+        case $kernel in ws-fwd) SKIP="$SKIP,ws" ;; ws-bwd) SKIP="$SKIP,ws-fused" ;; *) SKIP="$SKIP,ws-split" ;; esac
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+            WS_FILTER=(-k "not ws-ws")
+            [ $kernel = ws-fwd ] && WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws.py/})
+            [ $kernel != ws-fwd ] && WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws_bwd.py/})
+        fi
+    done
 fi
+SKIP_WS=(); [ -n "$SKIP" ] && SKIP_WS=(--skip-variants "${SKIP#,}")
 has "$STAGES" tests && stage gpu_tests 280 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py ${WS_TESTS[@]+"${WS_TESTS[@]}"} \
     tests/test_ops_answer_loss.py tests/test_ops_adaln.py tests/test_ops_csrc.py tests/test_ops_checkpoint.py \
     ${WS_FILTER[@]+"${WS_FILTER[@]}"} --junitxml="$RES/gpu_tests.xml"

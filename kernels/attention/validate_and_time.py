@@ -205,10 +205,11 @@ SMOKE = {"ws-fwd": ({"NPEDIT_ATTN_FWD": "ws"}, None),
          "ws-bwd-dkdv": ({}, dict(WS_BWD_TILES[128], WS=True))}  # dQ by the Triton dQ pass
 
 
-def smoke_ws() -> dict:
-    """validate() at hd64 / hd128 with each of SMOKE's settings -> {name: rows}."""
+def smoke_ws(names=tuple(SMOKE)) -> dict:
+    """validate() at hd64 / hd128 with each of these SMOKE settings -> {name: rows}."""
     results = {}
-    for name, (env, dkdv) in SMOKE.items():
+    for name in names:
+        env, dkdv = SMOKE[name]
         print(f"== {name}", flush=True)
         saved = {key: os.environ.get(key) for key in ("NPEDIT_ATTN_FWD", "NPEDIT_ATTN_BWD")}
         os.environ.update(env)
@@ -298,8 +299,9 @@ def main() -> int:
     parser.add_argument("--causal", action="store_true",
                         help="sweep causal attention (--sweep-out; the launchers ship one tile per head dim, so a "
                              "causal sweep is a record for NOTES.md, not a --tiles input)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="only validate the Gluon kernels (SMOKE), write --out and exit (1: one failed)")
+    parser.add_argument("--smoke", nargs="*", choices=sorted(SMOKE),
+                        help="only validate these Gluon kernels (SMOKE; none named: all), write --out and exit "
+                             "(1: one failed)")
     parser.add_argument("--skip-variants", default="",
                         help="comma-separated tile variants to leave out of the sweep (e.g. ws,ws-fused,ws-split "
                              "after a failed --smoke)")
@@ -309,8 +311,8 @@ def main() -> int:
         return 2
     import triton
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
-    if args.smoke:
-        report["smoke"] = smoke_ws()
+    if args.smoke is not None:
+        report["smoke"] = smoke_ws(args.smoke or tuple(SMOKE))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
         failed = [name for name, rows in report["smoke"].items() if not all(r["ok"] for r in rows)]
