@@ -17,8 +17,9 @@ limit with 32-query steps and reaches 342-358 TFLOP/s on an H200 against cuDNN's
   and dS^T as register A operands; dS^T also goes to shared memory (double-buffered), from which
   dQ_i = dS_i K runs as one more wgmma (warpgroups split dQ's head dim) and is added to an fp32 dQ
   accumulator by atomics, as the "fused" Triton variant does: 5 matmuls per tile pair, no dQ launch,
-  and a dQ summation order that changes from run to run. FUSE_DQ=False leaves dQ to the Triton dQ
-  pass instead (deterministic, 7 matmuls per pair, no atomics).
+  and a dQ summation order that changes from run to run (key tile j starts its walk over the query
+  tiles j steps in, so a head's key tiles do not all add into one query tile at once). FUSE_DQ=False
+  leaves dQ to the Triton dQ pass instead (deterministic, 7 matmuls per pair, no atomics).
 
 Scope: the batch layout [B, S, H, D] with (H, D) contiguous and 16-byte aligned (the forward's
 `strides_fit`), fp16 / bf16, head dim 64 or 128, causal or not, grouped-query heads, a positive
@@ -47,14 +48,16 @@ if gluon is not None:
     _partition_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
     @gluon.jit
-    def _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M: gl.constexpr):
+    def _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M: gl.constexpr):
         # iteration it of a program -> (q head, first query row): the group's q heads one after the
-        # other, each over its query tiles from lo on
-        return off_hk * group + it // n_m, lo + (it % n_m) * BLOCK_M
+        # other, each over its query tiles from lo on, the walk starting at step rot (< n_iter)
+        step = it + rot
+        step = gl.where(step >= n_iter, step - n_iter, step)
+        return off_hk * group + step // n_m, lo + (step % n_m) * BLOCK_M
 
     @gluon.jit
     def _wsb_load_partition(desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
-                            do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group):
+                            do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot, group):
         # TMA issue only: K and V once, then Q_i, dO_i of iteration i into stage i % NUM_STAGES once the
         # compute partition released the stage's previous tile (fresh barriers pass the wait on phase 1)
         NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
@@ -65,7 +68,7 @@ if gluon is not None:
         tma.async_copy_global_to_shared(desc_v, [off_b, start_n, off_hk * BLOCK_D], kv_bar, v_smem)
         for it in range(n_iter):
             stage = it % NUM_STAGES
-            off_h, start_m = _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M)
+            off_h, start_m = _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M)
             mbarrier.wait(qdo_empty.index(stage), ((it // NUM_STAGES) & 1) ^ 1)
             mbarrier.expect(q_ready.index(stage), desc_q.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_q, [off_b, start_m, off_h * BLOCK_D], q_ready.index(stage),
@@ -79,7 +82,7 @@ if gluon is not None:
                                Lse, Delta, DQ, DK, DV, qk_scale, sm_scale,
                                stride_lb, stride_lh, stride_lm, stride_dqb, stride_dqm, stride_dqh,
                                stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
-                               off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, group, seqlen_q, seqlen_k,
+                               off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q, seqlen_k,
                                CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr):
         NUM_WARPS: gl.constexpr = gl.num_warps()
         NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
@@ -115,7 +118,7 @@ if gluon is not None:
         for it in range(n_iter):
             stage = it % NUM_STAGES
             phase = (it // NUM_STAGES) & 1
-            off_h, start_m = _wsb_query_tile(it, n_m, lo, off_hk, group, BLOCK_M)
+            off_h, start_m = _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M)
             l_off = off_b.to(gl.int64) * stride_lb + off_h.to(gl.int64) * stride_lh
             offs_m = start_m + offs_m0
             # lse in log2 units (+inf where P must be 0) and delta [BM] of the tile's queries enter the
@@ -192,6 +195,9 @@ if gluon is not None:
         lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
         n_m = gl.maximum(gl.cdiv(seqlen_q - lo, BLOCK_M), 0)  # query tiles per q head that see a key of this tile
         n_iter = group * n_m
+        # with dQ by atomics, key tile j starts its walk j steps in, so a head's key tiles do not all
+        # add into the same query tile at once (the summation order is free already)
+        rot = pid_n % gl.maximum(n_iter, 1) if FUSE_DQ else 0
 
         # shared memory: K, V of the tile, a ring of Q / dO tiles, two dS^T buffers
         k_smem = gl.allocate_shared_memory(desc_k.dtype, desc_k.block_type.shape, desc_k.layout)
@@ -220,19 +226,20 @@ if gluon is not None:
                                           Lse, Delta, DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm,
                                           stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh,
                                           stride_dvb, stride_dvn, stride_dvh, off_b, off_hk, start_n, lo, mask_hi,
-                                          n_m, n_iter, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ)),
+                                          n_m, n_iter, rot, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ)),
                 (_wsb_load_partition, (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar,
-                                       q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group)),
+                                       q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot,
+                                       group)),
             ], [1], [24])
         else:
             gl.warp_specialize((k2, v2, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty, Lse, Delta,
                                 DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm, stride_dqb,
                                 stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn,
-                                stride_dvh, off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, group, seqlen_q,
+                                stride_dvh, off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q,
                                 seqlen_k, CAUSAL, FUSE_DQ),
                                _wsb_compute_partition,
                                (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
-                                do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, group),
+                                do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot, group),
                                [_wsb_load_partition], [1], [24])
 
 
