@@ -99,7 +99,7 @@ class _NotLaunched:
 def test_warp_specialised_forward_cuda(monkeypatch, sq, sk, d):
     """The Gluon kernel itself (no silent fallback) on sm_90: odd lengths, Sq > Sk causal (rows that
     see no key), GQA, fp16 and bf16; outputs, lse and the gradients through it against float64."""
-    from npedit.ops.testing import assert_close_to_reference
+    from npedit.ops.testing import attention_gqa_cuda_check
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the warp-specialised forward is for sm_90")
     monkeypatch.delenv("NPEDIT_OPS", raising=False)
@@ -107,14 +107,4 @@ def test_warp_specialised_forward_cuda(monkeypatch, sq, sk, d):
     monkeypatch.setattr(kernels, "_attention_fwd_kernel", _NotLaunched())
     for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):
         for causal in (False, True):
-            torch.manual_seed(0)
-            q, k, v = (torch.randn(2, s, h, d, device="cuda", dtype=dtype) for s, h in ((sq, 8), (sk, 2), (sk, 2)))
-            do = torch.randn(2, sq, 8, d, device="cuda", dtype=dtype)
-            results = {}
-            for name, fn, dt in (("ours", ops.attention, dtype), ("ref", ops.attention_ref, dtype),
-                                 ("ref64", ops.attention_ref, torch.float64)):
-                ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
-                out, lse = fn(*ins, causal=causal, return_lse=True)
-                results[name] = [out.detach(), lse.detach(), *torch.autograd.grad(out, ins, do.to(dt))]
-            for i, name in enumerate(("out", "lse", "dq", "dk", "dv")):
-                assert_close_to_reference(results["ours"][i], results["ref"][i], results["ref64"][i], atol, rtol)
+            attention_gqa_cuda_check(ops.attention, ops.attention_ref, sq, sk, d, dtype, causal, atol, rtol)

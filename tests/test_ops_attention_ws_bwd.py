@@ -136,8 +136,8 @@ class _NotLaunched:
 def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, fuse_dq):
     """The Gluon backward itself (no silent fallback: the Triton dK/dV kernels are patched to raise, and
     with dQ atomics the dQ pass too) on sm_90: odd lengths, Sq > Sk causal (rows that see no key),
-    one query, GQA, fp16 and bf16; gradients against float64 with the tests' rule."""
-    from npedit.ops.testing import assert_close_to_reference
+    one query, GQA, fp16 and bf16; gradients (and out, lse) against float64 with the tests' rule."""
+    from npedit.ops.testing import attention_gqa_cuda_check
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the warp-specialised backward is for sm_90")
     monkeypatch.delenv("NPEDIT_OPS", raising=False)
@@ -151,14 +151,4 @@ def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, fuse_dq):
         monkeypatch.setattr(kernels, name, _NotLaunched(name))
     for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):
         for causal in (False, True):
-            torch.manual_seed(0)
-            q, k, v = (torch.randn(2, s, h, d, device="cuda", dtype=dtype) for s, h in ((sq, 8), (sk, 2), (sk, 2)))
-            do = torch.randn(2, sq, 8, d, device="cuda", dtype=dtype)
-            results = {}
-            for name, fn, dt in (("ours", ops.attention, dtype), ("ref", ops.attention_ref, dtype),
-                                 ("ref64", ops.attention_ref, torch.float64)):
-                ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
-                results[name] = torch.autograd.grad(fn(*ins, causal=causal), ins, do.to(dt))
-            for i, name in enumerate(("dq", "dk", "dv")):
-                assert_close_to_reference(results["ours"][i], results["ref"][i], results["ref64"][i], atol, rtol,
-                                          name=f"{name} {dtype} {'causal' if causal else 'full'}")
+            attention_gqa_cuda_check(ops.attention, ops.attention_ref, sq, sk, d, dtype, causal, atol, rtol)

@@ -38,3 +38,21 @@ def assert_all_close_to_reference(actuals: Sequence[torch.Tensor], refs_dtype: S
     names = names or [f"tensor {i}" for i in range(len(actuals))]
     for a, r, r64, n in zip(actuals, refs_dtype, refs64, names):
         assert_close_to_reference(a, r, r64, atol, rtol, name=n)
+
+
+def attention_gqa_cuda_check(attention, attention_ref, sq: int, sk: int, head_dim: int, dtype: torch.dtype,
+                             causal: bool, atol: float, rtol: float, device: str = "cuda") -> None:
+    """The GPU tests' case for attention kernels: 8 query heads over 2 kv heads, batch 2, Sq / Sk tokens;
+    out, lse and the three input gradients of `attention` (return_lse=True) against float64 by the rule."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, s, h, head_dim, device=device, dtype=dtype) for s, h in ((sq, 8), (sk, 2), (sk, 2)))
+    do = torch.randn(2, sq, 8, head_dim, device=device, dtype=dtype)
+    results = {}
+    for name, fn, dt in (("ours", attention, dtype), ("ref", attention_ref, dtype),
+                         ("ref64", attention_ref, torch.float64)):
+        ins = [t.to(dt).requires_grad_() for t in (q, k, v)]
+        out, lse = fn(*ins, causal=causal, return_lse=True)
+        results[name] = [out.detach(), lse.detach(), *torch.autograd.grad(out, ins, do.to(dt))]
+    for i, name in enumerate(("out", "lse", "dq", "dk", "dv")):
+        assert_close_to_reference(results["ours"][i], results["ref"][i], results["ref64"][i], atol, rtol,
+                                  name=f"{name} ({dtype}, {'causal' if causal else 'full'}, Sq {sq}, Sk {sk})")
