@@ -10,7 +10,7 @@ import torch
 
 from npedit import ops
 from npedit.ops.attention import _impl
-from npedit.ops.testing import assert_close_to_reference
+from npedit.ops.testing import NotLaunched, assert_close_to_reference
 from npedit.ops.triton import interpreting
 
 # GPU tests time the compiled kernels: the interpreter on CUDA tensors would take hours
@@ -170,11 +170,6 @@ def test_unknown_kernel_variants_are_named(monkeypatch):
         ops.attention(q, k, v)
 
 
-class _NotLaunched:
-    def __getitem__(self, grid):
-        raise AssertionError("a pointer-load kernel was launched")
-
-
 def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypatch):
     """NPEDIT_ATTN_FWD=tma must not fall back silently for inputs TMA can address (batch layout,
     16-byte strides); varlen inputs and odd strides do take the pointer kernel."""
@@ -184,7 +179,7 @@ def test_tma_forward_runs_its_own_kernel_and_falls_back_where_it_cannot(monkeypa
     q, k, v = _inputs(2, 47, 33, 4, 2, 40, torch.bfloat16, requires_grad=False)
     expected = ops.attention_ref(q, k, v, causal=True)
     pointer_kernel = kernels._attention_fwd_kernel
-    monkeypatch.setattr(kernels, "_attention_fwd_kernel", _NotLaunched())
+    monkeypatch.setattr(kernels, "_attention_fwd_kernel", NotLaunched("a pointer-load kernel"))
     torch.testing.assert_close(ops.attention(q, k, v, causal=True), expected, atol=2e-2, rtol=2e-2)
     odd = torch.randn(1, 9, 3, 5)  # stride 15 fp32 elements = 60 bytes: not 16-byte aligned
     assert not kernels.tma_loads_fit(odd) and kernels.tma_loads_fit(q, k, v)
@@ -204,7 +199,7 @@ def test_tma_backward_runs_its_own_kernels_and_falls_back_where_it_cannot(monkey
     inputs = _inputs(2, 47, 33, 4, 2, 40, torch.bfloat16)
     pointer = {name: getattr(kernels, name) for name in ("_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel")}
     for name in pointer:
-        monkeypatch.setattr(kernels, name, _NotLaunched())
+        monkeypatch.setattr(kernels, name, NotLaunched("a pointer-load kernel"))
     _compare(lambda q, k, v: ops.attention(q, k, v, causal=True),
              lambda q, k, v: ops.attention_ref(q, k, v, causal=True), inputs, 1e-3, 2e-3)
     q, k, v = inputs

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from npedit import ops
+from npedit.ops.testing import NotLaunched
 from npedit.ops.triton import attention as kernels
 from npedit.ops.triton import attention_ws
 from npedit.ops.triton import interpreting
@@ -87,11 +88,6 @@ def test_ws_layout_rules():
 # ----------------------------------------------------------------------------------------------- GPU
 
 
-class _NotLaunched:
-    def __getitem__(self, grid):
-        raise AssertionError("the pointer-load forward kernel was launched")
-
-
 @pytest.mark.gpu
 @compiled_kernels
 @pytest.mark.parametrize("sq,sk", [(1000, 1000), (777, 1001), (1001, 777), (1, 300), (129, 128)])
@@ -104,7 +100,7 @@ def test_warp_specialised_forward_cuda(monkeypatch, sq, sk, d):
         pytest.skip("the warp-specialised forward is for sm_90")
     monkeypatch.delenv("NPEDIT_OPS", raising=False)
     monkeypatch.setenv("NPEDIT_ATTN_FWD", "ws")
-    monkeypatch.setattr(kernels, "_attention_fwd_kernel", _NotLaunched())
+    monkeypatch.setattr(kernels, "_attention_fwd_kernel", NotLaunched("the pointer-load forward kernel"))
     for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):
         for causal in (False, True):
             attention_gqa_cuda_check(ops.attention, ops.attention_ref, sq, sk, d, dtype, causal, atol, rtol)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from npedit import ops
+from npedit.ops.testing import NotLaunched
 from npedit.ops.triton import attention as fwd_kernels
 from npedit.ops.triton import attention_bwd as kernels
 from npedit.ops.triton import attention_ws_bwd, interpreting
@@ -120,14 +121,6 @@ def test_ws_backward_rejects_a_key_tile_its_warps_do_not_cover():
 # ----------------------------------------------------------------------------------------------- GPU
 
 
-class _NotLaunched:
-    def __init__(self, name):
-        self.name = name
-
-    def __getitem__(self, grid):
-        raise AssertionError(f"{self.name} was launched")
-
-
 @pytest.mark.gpu
 @compiled_kernels
 @pytest.mark.parametrize("fuse_dq", [True, False], ids=["dq-atomics", "dq-pass"])
@@ -148,7 +141,7 @@ def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, fuse_dq):
     patched = ["_attention_bwd_dkdv_kernel", "_attention_bwd_dkdv_tma_kernel"]
     patched += ["_attention_bwd_dq_kernel", "_attention_bwd_dq_tma_kernel"] if fuse_dq else []
     for name in patched:
-        monkeypatch.setattr(kernels, name, _NotLaunched(name))
+        monkeypatch.setattr(kernels, name, NotLaunched(name))
     for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):
         for causal in (False, True):
             attention_gqa_cuda_check(ops.attention, ops.attention_ref, sq, sk, d, dtype, causal, atol, rtol)

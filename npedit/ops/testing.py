@@ -56,3 +56,14 @@ def attention_gqa_cuda_check(attention, attention_ref, sq: int, sk: int, head_di
     for i, name in enumerate(("out", "lse", "dq", "dk", "dv")):
         assert_close_to_reference(results["ours"][i], results["ref"][i], results["ref64"][i], atol, rtol,
                                   name=f"{name} ({dtype}, {'causal' if causal else 'full'}, Sq {sq}, Sk {sk})")
+
+
+class NotLaunched:
+    """Stands in for a Triton kernel that a test says must not run: launching it (`kernel[grid]`)
+    fails with "<what> was launched"."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __getitem__(self, grid):
+        raise AssertionError(f"{self.what} was launched")
