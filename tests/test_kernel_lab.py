@@ -86,3 +86,25 @@ def test_smoke_settings_reach_each_gluon_kernel_alone(sweep, monkeypatch):
         configs[name] = (fwd_kernels.fwd_config(128, torch.bfloat16)["WS"], kv["WS"], kv["FUSE_DQ"])
     assert configs == {"ws-fwd": (True, False, False), "ws-bwd": (False, True, True),
                        "ws-bwd-dkdv": (False, True, False)}
+
+
+def test_smoke_runs_each_setting_then_restores_the_environment(sweep, monkeypatch):
+    import os
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "split")
+    monkeypatch.delenv("NPEDIT_ATTN_FWD", raising=False)
+    seen = {}
+
+    def validate(head_dims):
+        seen[len(seen)] = (os.environ.get("NPEDIT_ATTN_FWD"), os.environ.get("NPEDIT_ATTN_BWD"),
+                           dict(fwd_kernels.TILE_OVERRIDES), head_dims)
+        return [{"ok": True}]
+
+    monkeypatch.setattr(sweep, "validate", validate)
+    monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {})
+    monkeypatch.setattr(sweep, "TILE_OVERRIDES", fwd_kernels.TILE_OVERRIDES)
+    assert sweep.smoke_ws() == {name: [{"ok": True}] for name in sweep.SMOKE}
+    dkdv = dict(bwd_kernels.WS_BWD_TILES[128], WS=True)
+    assert list(seen.values()) == [("ws", "split", {}, (64, 128)), (None, "ws", {}, (64, 128)),
+                                   (None, "split", {"dkdv": dkdv}, (64, 128))]
+    assert os.environ.get("NPEDIT_ATTN_FWD") is None and os.environ["NPEDIT_ATTN_BWD"] == "split"
+    assert fwd_kernels.TILE_OVERRIDES == {}

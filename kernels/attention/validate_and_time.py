@@ -25,6 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("TRITON_INTERPRET", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -211,20 +212,9 @@ def smoke_ws(names=tuple(SMOKE)) -> dict:
     for name in names:
         env, dkdv = SMOKE[name]
         print(f"== {name}", flush=True)
-        saved = {key: os.environ.get(key) for key in ("NPEDIT_ATTN_FWD", "NPEDIT_ATTN_BWD")}
-        os.environ.update(env)
         attention_kernels.TILE_OVERRIDE_HEAD_DIM = 128
-        if dkdv:
-            TILE_OVERRIDES["dkdv"] = dkdv
-        try:
+        with mock.patch.dict(os.environ, env), mock.patch.dict(TILE_OVERRIDES, {"dkdv": dkdv} if dkdv else {}):
             results[name] = validate(head_dims=(64, 128))
-        finally:
-            TILE_OVERRIDES.clear()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     return results
 
 
