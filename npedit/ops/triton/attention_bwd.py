@@ -300,6 +300,14 @@ def _attention_bwd_dq_kernel(
 
 
 @triton.jit
+def _key_tile_program(num_kv_heads, BLOCK_N: tl.constexpr):
+    """This program's key tile, grid (key tiles, B * Hk): -> (off_b, off_hk, start_n)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    return pid_bh // num_kv_heads, pid_bh % num_kv_heads, pid_n * BLOCK_N
+
+
+@triton.jit
 def _attn_bwd_dkdv_tma_tile(dk, dv, k, v, desc_q, desc_do, l_base, d_base, off_b, off_h, start_m, offs_m0, offs_n,
                             stride_lm, seqlen_q, seqlen_k, qk_scale, on_diagonal, CAUSAL: tl.constexpr,
                             UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -327,11 +335,7 @@ def _attention_bwd_dkdv_tma_kernel(
     stores: descriptors over q/do [B, Sq, Hq, D] with blocks [1, BLOCK_M, 1, BLOCK_D] and over k/v/dk/dv
     [B, Sk, Hk, D] with blocks [1, BLOCK_N, 1, BLOCK_D]; rows past a sequence and padded head-dim
     columns read as 0 and are not written, so no tile carries a pointer or a load mask."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // num_kv_heads
-    off_hk = pid_bh % num_kv_heads
-    start_n = pid_n * BLOCK_N
+    off_b, off_hk, start_n = _key_tile_program(num_kv_heads, BLOCK_N)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     k = _load_head_tile(desc_k, off_b, start_n, off_hk, UPCAST, BLOCK_N, BLOCK_D)

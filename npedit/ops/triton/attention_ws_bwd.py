@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from npedit.ops.triton.attention_bwd import _bwd_row_stats, _causal_query_ranges
+from npedit.ops.triton.attention_bwd import _bwd_row_stats, _causal_query_ranges, _key_tile_program
 from npedit.ops.triton.attention_ws import NEW_WS_API, _ws_tile, gluon, strides_fit, ws_descriptor
 
 if gluon is not None:
@@ -187,17 +187,13 @@ if gluon is not None:
         BLOCK_N: gl.constexpr = desc_k.block_type.shape[1]
         BLOCK_D: gl.constexpr = desc_q.block_type.shape[2]
         gl.static_assert(BLOCK_N == 16 * num_warps, "each warp owns 16 keys of the tile")
-        pid_n = gl.program_id(0)
-        pid_bh = gl.program_id(1)
-        off_b = pid_bh // num_kv_heads
-        off_hk = pid_bh % num_kv_heads
-        start_n = pid_n * BLOCK_N
+        off_b, off_hk, start_n = _key_tile_program(num_kv_heads, BLOCK_N)
         lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
         n_m = gl.maximum(gl.cdiv(seqlen_q - lo, BLOCK_M), 0)  # query tiles per q head that see a key of this tile
         n_iter = group * n_m
         # with dQ by atomics, key tile j starts its walk j steps in, so a head's key tiles do not all
         # add into the same query tile at once (the summation order is free already)
-        rot = pid_n % gl.maximum(n_iter, 1) if FUSE_DQ else 0
+        rot = (start_n // BLOCK_N) % gl.maximum(n_iter, 1) if FUSE_DQ else 0
 
         # shared memory: K, V of the tile, a ring of Q / dO tiles, two dS^T buffers
         k_smem = gl.allocate_shared_memory(desc_k.dtype, desc_k.block_type.shape, desc_k.layout)
