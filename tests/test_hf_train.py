@@ -8,6 +8,7 @@ import pytest
 import torch
 from fixtures_hf import STUDENT_FAMILIES, VLM_FAMILIES, save_all
 from helpers import run
+from npedit.engine.distributed import free_port
 from PIL import Image
 
 WORKER = "tests/workers/train_hf_pairs.py"
@@ -86,7 +87,7 @@ def test_two_ranks_zero3_shard_every_network_and_pass_vlm_gradients(fixtures, tm
     """World 2, ZeRO-3 (no persistent parameters): each rank holds half of every network from loading on;
     the student's step-2 loss is the VLM term alone, so a non-zero gradient norm is the judge's gradient
     through the ZeRO-3 VLM and VAE; both ranks end with the same student."""
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29651", WORKER,
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), WORKER,
          str(tmp_path), str(fixtures), ",".join(PAIRS), "method.dmd_weight=0.0", "method.nothing_weight=0.0",
          "method.vlm_weight=1.0"], timeout=1200)
     initial = {family: _initial_digest(fixtures, family) for family in STUDENT_FAMILIES}

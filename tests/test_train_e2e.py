@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from helpers import read_metrics, run, train
 from npedit.build import build_models
 from npedit.config import apply_overrides
+from npedit.engine.distributed import free_port
 from npedit.outputs import REQUIRED_METRICS
 from npedit.presets import get_preset
 
@@ -149,7 +150,7 @@ def test_two_ranks_zero3_with_the_deepspeed_launcher(tmp_path):
     """Then, with its final oracle report taken away (a run stopped just before it), a resume on both
     ranks writes the report again without training or hanging (the report is a collective)."""
     def launch(*extra):
-        run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29631",
+        run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
              "npedit/train.py", "--ds_config", "configs/zero3_cpu.json", "--preset", "shapes_tiny",
              "--output_dir", str(tmp_path), "--max_steps", "3", "--set", "train.oracle_eval_examples=4", *extra],
             timeout=900)
@@ -173,7 +174,7 @@ def test_two_ranks_zero3_with_the_deepspeed_launcher(tmp_path):
 @pytest.mark.multiproc
 @pytest.mark.parametrize("stage, checkpointing", [(2, "none"), (3, "selective")])
 def test_two_ranks_keep_identical_parameters(tmp_path, stage, checkpointing):
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29640 + stage),
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          "tests/workers/train_and_dump.py", str(tmp_path), f"train.zero_stage={stage}", "train.max_steps=3",
          f"student.checkpointing={checkpointing}"], timeout=900)
     ranks = [torch.load(tmp_path / f"params_rank{r}.pt", weights_only=False) for r in (0, 1)]

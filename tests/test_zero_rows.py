@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import run
+from npedit.engine.distributed import free_port
 from npedit import ops
 from npedit.engine.zero_rows import binary_answer_loss_rows, gather_rows, is_partitioned
 
@@ -38,7 +39,7 @@ def test_binary_loss_from_the_answer_rows_equals_the_full_head(dtype):
 @pytest.mark.parametrize("world", [2, 3])
 def test_partitioned_tables_give_every_rank_its_rows_without_gathering(tmp_path, world):
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-         str(29660 + world), "tests/workers/zero_rows_check.py", str(tmp_path)], timeout=600)
+         str(free_port()), "tests/workers/zero_rows_check.py", str(tmp_path)], timeout=600)
     for rank in range(world):
         r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         assert r["world"] == world and r["partitioned"]          # never gathered whole
