@@ -52,8 +52,8 @@ def _signature(fn, dtype: str, pointers: dict, constexprs: dict) -> dict:
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name.startswith("desc_"):  # a TMA tensor descriptor: the case gives "tensordesc<dtype[block]>"
-            sig[name] = pointers[name]
+        elif name.startswith("desc_") or pointers.get(name, "").startswith("tensordesc"):
+            sig[name] = pointers[name]  # a TMA tensor descriptor: the case gives "tensordesc<dtype[block]>"
         elif name[0].isupper() and name not in pointers.get(SIZE_SCALARS, ()):
             sig[name] = "*" + pointers.get(name, dtype)
         elif name in FLOAT_SCALARS:
@@ -75,7 +75,10 @@ def compile_one(fn, dtype: str, pointers: dict, constexprs: dict, num_warps: int
     maxnreg = sorted({int(w) for w in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", kernel.asm["ptx"])})
     if maxnreg:  # warp-specialised: registers per thread of each partition after reallocation
         res["setmaxnreg"] = maxnreg
-    res["wgmma"] = kernel.asm["ptx"].count("wgmma.mma_async")  # Hopper tensor-core instructions issued
+    ptx = kernel.asm["ptx"]
+    res["wgmma"] = ptx.count("wgmma.mma_async")  # Hopper tensor-core instructions issued
+    res["global_atomics"] = len(re.findall(r"\b(?:atom|red)\.global", ptx))  # per-thread atomic instructions
+    res["tma_reductions"] = ptx.count("cp.reduce.async.bulk.tensor")  # TMA reduce-into-global instructions
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
@@ -126,10 +129,13 @@ def cases():
                         descs = {name: attn_ws_k.descriptor_signature(dtype, wsb[block], hd) for name, block in
                                  (("desc_q", "BLOCK_M"), ("desc_do", "BLOCK_M"), ("desc_k", "BLOCK_N"),
                                   ("desc_v", "BLOCK_N"))}
-                        for fuse_dq, name in ((True, "ws"), (False, "ws-dkdv")):  # dQ by atomics, or by the dQ pass
+                        dq_desc = attn_ws_k.descriptor_signature(torch.float32, wsb["BLOCK_M"], hd)
+                        # dQ by atomics, by TMA reductions, or by the dQ pass
+                        for fuse_dq, dq_tma, name in ((True, False, "ws"), (True, True, "ws-dqtma"),
+                                                      (False, False, "ws-dkdv")):
                             yield (f"attention bwd {name} {tag}", attn_wsb_k._attention_bwd_ws_kernel, dt,
-                                   {**ptr_f32, "DQ": "fp32", **descs},
-                                   dict(CAUSAL=causal, FUSE_DQ=fuse_dq, NUM_STAGES=wsb["num_stages"],
+                                   {**ptr_f32, "DQ": dq_desc if dq_tma else "fp32", **descs},
+                                   dict(CAUSAL=causal, FUSE_DQ=fuse_dq, DQ_TMA=dq_tma, NUM_STAGES=wsb["num_stages"],
                                         num_warps=wsb["num_warps"]), wsb["num_warps"], 1)
                     if not varlen and dtype != torch.float32 and hd <= 128:  # the TMA split backward (its scope)
                         tma = {k: v for k, v in common.items() if k != "IS_VARLEN"}

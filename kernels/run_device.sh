@@ -108,22 +108,28 @@ fi
 has "$STAGES" build && stage csrc_build 240 env NPEDIT_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=4 $PY setup.py build_ext --inplace
 # the Gluon kernels have never run, and a wrong mbarrier protocol hangs rather than fails: one short
 # check of each first, each in its own process; after a failure the sweeps leave its candidates out,
-# after a hang (timeout) the GPU tests skip it too
-WS_TESTS=(tests/test_ops_attention_ws.py tests/test_ops_attention_ws_bwd.py); WS_FILTER=(); SKIP=""
+# after a hang (timeout) the GPU tests skip it too (the dQ-by-TMA mode alone: only its own tests)
+WS_TESTS=(tests/test_ops_attention_ws.py tests/test_ops_attention_ws_bwd.py); NOT_K=""; SKIP=""
 if has "$STAGES" tests || has "$STAGES" attention; then
-    for kernel in ws-fwd ws-bwd ws-bwd-dkdv; do
+    for kernel in ws-fwd ws-bwd ws-bwd-dkdv ws-bwd-dqtma; do
         stage "smoke_$kernel" 75 $PY kernels/attention/validate_and_time.py --smoke "$kernel" --out "$RES/smoke_$kernel.json"
         rc=$?
         [ $rc -eq 0 ] && continue
-        case $kernel in ws-fwd) SKIP="$SKIP,ws" ;; ws-bwd) SKIP="$SKIP,ws-fused" ;; *) SKIP="$SKIP,ws-split" ;; esac
+        case $kernel in
+            ws-fwd) SKIP="$SKIP,ws" ;; ws-bwd) SKIP="$SKIP,ws-fused" ;; ws-bwd-dkdv) SKIP="$SKIP,ws-split" ;;
+            *) SKIP="$SKIP,ws-dqtma" ;;
+        esac
         if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-            WS_FILTER=(-k "not ws-ws")
-            [ $kernel = ws-fwd ] && WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws.py/})
-            [ $kernel != ws-fwd ] && WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws_bwd.py/})
+            case $kernel in
+                ws-fwd) NOT_K="$NOT_K and not ws-ws"; WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws.py/}) ;;
+                ws-bwd-dqtma) NOT_K="$NOT_K and not dq-tma" ;;
+                *) NOT_K="$NOT_K and not ws-ws"; WS_TESTS=(${WS_TESTS[@]/tests\/test_ops_attention_ws_bwd.py/}) ;;
+            esac
         fi
     done
 fi
 SKIP_WS=(); [ -n "$SKIP" ] && SKIP_WS=(--skip-variants "${SKIP#,}")
+WS_FILTER=(); [ -n "$NOT_K" ] && WS_FILTER=(-k "${NOT_K# and }")
 has "$STAGES" tests && stage gpu_tests 280 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py ${WS_TESTS[@]+"${WS_TESTS[@]}"} \
     tests/test_ops_answer_loss.py tests/test_ops_adaln.py tests/test_ops_csrc.py tests/test_ops_checkpoint.py \
     ${WS_FILTER[@]+"${WS_FILTER[@]}"} --junitxml="$RES/gpu_tests.xml"

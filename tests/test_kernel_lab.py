@@ -51,8 +51,9 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
                 kv, q = bwd_kernels.bwd_configs(head_dim, torch.bfloat16)
                 cfg = kv if kind == "dkdv" else q
                 if kind == "dkdv":
-                    assert kv["FUSE_DQ"] == (tile[4:] in (("fused",), ("ws-fused",)))
-                    assert kv["WS"] == (tile[4:] in (("ws-fused",), ("ws-split",)))
+                    assert kv["FUSE_DQ"] == (tile[4:] in (("fused",), ("ws-fused",), ("ws-dqtma",)))
+                    assert kv["WS"] == (tile[4:] in (("ws-fused",), ("ws-split",), ("ws-dqtma",)))
+                    assert kv["DQ_TMA"] == (tile[4:] == ("ws-dqtma",))
                     if kv["WS"]:  # the Gluon kernel's rule: 16 keys per compute warp
                         assert kv["BLOCK_N"] == 16 * kv["num_warps"] and head_dim in bwd_kernels.WS_BWD_TILES
                 assert cfg["TMA"] == (tile[4:] == ("tma",))
@@ -63,10 +64,11 @@ def test_every_candidate_becomes_a_launcher_config(sweep, monkeypatch, head_dim)
 
 def test_a_failed_smoke_check_drops_the_gluon_candidates_and_nothing_else(sweep):
     before = {hd: {kind: list(tiles) for kind, tiles in lists.items()} for hd, lists in sweep.TILES.items()}
-    sweep.drop_variants(["ws", "ws-fused", "ws-split"])
+    sweep.drop_variants(["ws", "ws-fused", "ws-split", "ws-dqtma"])
     for hd, lists in sweep.TILES.items():
         for kind, tiles in lists.items():
-            assert tiles == [t for t in before[hd][kind] if t[4:] not in (("ws",), ("ws-fused",), ("ws-split",))]
+            assert tiles == [t for t in before[hd][kind]
+                             if t[4:] not in (("ws",), ("ws-fused",), ("ws-split",), ("ws-dqtma",))]
             assert tiles[0] == before[hd][kind][0]
     assert any(t[4:] == ("ws-fused",) for t in before[128]["dkdv"])  # there was something to drop
     with pytest.raises(ValueError, match="unknown tile variants"):
@@ -83,9 +85,9 @@ def test_smoke_settings_reach_each_gluon_kernel_alone(sweep, monkeypatch):
             monkeypatch.setenv(key, value)
         monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dkdv} if dkdv else {})
         kv, _ = bwd_kernels.bwd_configs(128, torch.bfloat16)
-        configs[name] = (fwd_kernels.fwd_config(128, torch.bfloat16)["WS"], kv["WS"], kv["FUSE_DQ"])
-    assert configs == {"ws-fwd": (True, False, False), "ws-bwd": (False, True, True),
-                       "ws-bwd-dkdv": (False, True, False)}
+        configs[name] = (fwd_kernels.fwd_config(128, torch.bfloat16)["WS"], kv["WS"], kv["FUSE_DQ"], kv["DQ_TMA"])
+    assert configs == {"ws-fwd": (True, False, False, False), "ws-bwd": (False, True, True, False),
+                       "ws-bwd-dkdv": (False, True, False, False), "ws-bwd-dqtma": (False, True, True, True)}
 
 
 def test_smoke_runs_each_setting_then_restores_the_environment(sweep, monkeypatch):
@@ -105,6 +107,7 @@ def test_smoke_runs_each_setting_then_restores_the_environment(sweep, monkeypatc
     assert sweep.smoke_ws() == {name: [{"ok": True}] for name in sweep.SMOKE}
     dkdv = dict(bwd_kernels.WS_BWD_TILES[128], WS=True)
     assert list(seen.values()) == [("ws", "split", {}, (64, 128)), (None, "ws", {}, (64, 128)),
-                                   (None, "split", {"dkdv": dkdv}, (64, 128))]
+                                   (None, "split", {"dkdv": dkdv}, (64, 128)),
+                                   (None, "split", {"dkdv": dict(dkdv, FUSE_DQ=True, DQ_TMA=True)}, (64, 128))]
     assert os.environ.get("NPEDIT_ATTN_FWD") is None and os.environ["NPEDIT_ATTN_BWD"] == "split"
     assert fwd_kernels.TILE_OVERRIDES == {}

@@ -25,27 +25,35 @@ compiled_kernels = pytest.mark.skipif(interpreting(), reason="set TRITON_INTERPR
 
 
 def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(tmp_path):
-    """bf16 at both head dims, causal or not, dQ by atomics ("ws") or left to the dQ pass ("ws-dkdv"),
-    lowers for sm_90 without spills or a shared-memory overflow, really warp-specialised
-    (a 24-register TMA warp, compute warpgroups of at least 200), with wgmma issued for every matmul:
-    per (key tile, query tile) 4 of them without dQ, 5 with, so the fused kernel issues more."""
+    """bf16 at both head dims, causal or not, dQ by atomics ("ws"), by TMA reductions ("ws-dqtma") or
+    left to the dQ pass ("ws-dkdv"), lowers for sm_90 without spills or a shared-memory overflow,
+    really warp-specialised (a 24-register TMA warp, compute warpgroups of at least 200), with wgmma
+    issued for every matmul: per (key tile, query tile) 4 of them without dQ, 5 with, so the kernels
+    that add dQ issue more. dQ leaves by per-thread atomics or by TMA reductions, never both; the
+    reductions read an fp32 [BLOCK_M, D] tile of shared memory, which is all the shared memory they add."""
     report = tmp_path / "ws_bwd.json"
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, str(ROOT / "kernels" / "compile_check.py"), "--only",
-                           "bwd ws bf16,bwd ws-dkdv bf16", "--json", str(report)],
+                           "bwd ws bf16,bwd ws-dkdv bf16,bwd ws-dqtma bf16", "--json", str(report)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = {r["case"]: r for r in json.loads(report.read_text())["results"]}
-    assert set(rows) == {f"attention bwd {name} bf16 hd{hd} {mask}" for name in ("ws", "ws-dkdv")
+    assert set(rows) == {f"attention bwd {name} bf16 hd{hd} {mask}" for name in ("ws", "ws-dkdv", "ws-dqtma")
                          for hd in (64, 128) for mask in ("full", "causal")}
     for row in rows.values():  # the dK / dV accumulators and the S^T, dP^T tiles fit in 240 registers
         assert row["ok"] and row["local"] == 0, row
         assert min(row["setmaxnreg"]) == 24 and max(row["setmaxnreg"]) >= 200, row
     for hd in (64, 128):
         for mask in ("full", "causal"):
-            fused, dkdv = rows[f"attention bwd ws bf16 hd{hd} {mask}"], rows[f"attention bwd ws-dkdv bf16 hd{hd} {mask}"]
-            assert dkdv["wgmma"] > 0 and fused["wgmma"] > dkdv["wgmma"], (fused, dkdv)
-            assert fused["shared"] > dkdv["shared"], (fused, dkdv)  # the two dS^T buffers dQ reads
+            atomics, tma, dkdv = (rows[f"attention bwd {name} bf16 hd{hd} {mask}"] for name in ("ws", "ws-dqtma", "ws-dkdv"))
+            assert dkdv["wgmma"] > 0 and atomics["wgmma"] > dkdv["wgmma"], (atomics, dkdv)
+            assert tma["wgmma"] == atomics["wgmma"], (tma, atomics)  # the same matmuls
+            assert atomics["shared"] > dkdv["shared"], (atomics, dkdv)  # the two dS^T buffers dQ reads
+            block_m = kernels.WS_BWD_TILES[hd]["BLOCK_M"]
+            assert tma["shared"] - atomics["shared"] == block_m * hd * 4, (tma, atomics)
+            assert atomics["global_atomics"] > 0 and atomics["tma_reductions"] == 0, atomics
+            assert tma["tma_reductions"] > 0 and tma["global_atomics"] == 0, tma
+            assert dkdv["global_atomics"] == dkdv["tma_reductions"] == 0, dkdv
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -108,7 +116,13 @@ def test_ws_config_only_where_the_kernel_has_tiles(monkeypatch):
     monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8,
                                                                       num_stages=3, WS=True)})
     kv, _ = kernels.bwd_configs(fwd_kernels.TILE_OVERRIDE_HEAD_DIM, torch.bfloat16)
-    assert kv["WS"] and not kv["FUSE_DQ"] and kv["num_stages"] == 3
+    assert kv["WS"] and not kv["FUSE_DQ"] and not kv["DQ_TMA"] and kv["num_stages"] == 3
+    fwd_kernels.TILE_OVERRIDES["dkdv"].update(FUSE_DQ=True, DQ_TMA=True)  # dQ by TMA reductions
+    kv, _ = kernels.bwd_configs(fwd_kernels.TILE_OVERRIDE_HEAD_DIM, torch.bfloat16)
+    assert kv["WS"] and kv["FUSE_DQ"] and kv["DQ_TMA"]
+    monkeypatch.setenv("NPEDIT_ATTN_BWD", "ws")
+    monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {})
+    assert not kernels.bwd_configs(128, torch.bfloat16)[0]["DQ_TMA"]  # the variant's default: atomics
 
 
 def test_ws_backward_rejects_a_key_tile_its_warps_do_not_cover():
@@ -116,6 +130,8 @@ def test_ws_backward_rejects_a_key_tile_its_warps_do_not_cover():
     lse = torch.empty(1, 1, 8)
     with pytest.raises(ValueError, match="BLOCK_N = 16 \\* num_warps"):
         attention_ws_bwd.attention_bwd_ws(t, t, t, t, lse, lse, None, t, t, False, 1.0, 1.0, BLOCK_N=64, num_warps=8)
+    with pytest.raises(ValueError, match="dq_tma adds dQ inside the kernel"):
+        attention_ws_bwd.attention_bwd_ws(t, t, t, t, lse, lse, None, t, t, False, 1.0, 1.0, dq_tma=True)
 
 
 # ----------------------------------------------------------------------------------------------- GPU
@@ -123,23 +139,25 @@ def test_ws_backward_rejects_a_key_tile_its_warps_do_not_cover():
 
 @pytest.mark.gpu
 @compiled_kernels
-@pytest.mark.parametrize("fuse_dq", [True, False], ids=["dq-atomics", "dq-pass"])
+@pytest.mark.parametrize("dq_mode", ["dq-atomics", "dq-tma", "dq-pass"])
 @pytest.mark.parametrize("sq,sk", [(1000, 1000), (777, 1001), (1001, 777), (1, 300), (129, 128)])
 @pytest.mark.parametrize("d", [64, 128])
-def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, fuse_dq):
+def test_warp_specialised_backward_cuda(monkeypatch, sq, sk, d, dq_mode):
     """The Gluon backward itself (no silent fallback: the Triton dK/dV kernels are patched to raise, and
-    with dQ atomics the dQ pass too) on sm_90: odd lengths, Sq > Sk causal (rows that see no key),
-    one query, GQA, fp16 and bf16; gradients (and out, lse) against float64 with the tests' rule."""
+    where the kernel adds dQ, by atomics or TMA reductions, the dQ pass too) on sm_90: odd lengths,
+    Sq > Sk causal (rows that see no key), one query, GQA, fp16 and bf16; gradients (and out, lse)
+    against float64 with the tests' rule."""
     from npedit.ops.testing import attention_gqa_cuda_check
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the warp-specialised backward is for sm_90")
     monkeypatch.delenv("NPEDIT_OPS", raising=False)
     monkeypatch.setenv("NPEDIT_ATTN_BWD", "ws")
-    if not fuse_dq:  # the dK/dV kernel through a sweep-style override, dQ by the Triton dQ pass
+    if dq_mode != "dq-atomics":  # the other dQ modes through a sweep-style dK/dV override
+        fuse = dict(FUSE_DQ=True, DQ_TMA=True) if dq_mode == "dq-tma" else {}
         monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDE_HEAD_DIM", d)
-        monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dict(kernels.WS_BWD_TILES[d], WS=True)})
+        monkeypatch.setattr(fwd_kernels, "TILE_OVERRIDES", {"dkdv": dict(kernels.WS_BWD_TILES[d], WS=True, **fuse)})
     patched = ["_attention_bwd_dkdv_kernel", "_attention_bwd_dkdv_tma_kernel"]
-    patched += ["_attention_bwd_dq_kernel", "_attention_bwd_dq_tma_kernel"] if fuse_dq else []
+    patched += ["_attention_bwd_dq_kernel", "_attention_bwd_dq_tma_kernel"] if dq_mode != "dq-pass" else []
     for name in patched:
         monkeypatch.setattr(kernels, name, NotLaunched(name))
     for dtype, atol, rtol in ((torch.bfloat16, 4e-3, 1e-2), (torch.float16, 1e-3, 2e-3)):

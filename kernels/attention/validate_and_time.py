@@ -48,10 +48,13 @@ from npedit.ops.triton.attention_bwd import WS_BWD_TILES  # noqa: E402
 # directly with the split tiles'; a dK/dV or dQ tile marked "tma" runs that pass's tensor-descriptor
 # kernel (NOTES.md v7); a dK/dV tile marked "ws-fused" runs the warp-specialised Gluon backward
 # (attention_ws_bwd.py, BLOCK_N = 16 x num_warps, num_stages the depth of its Q / dO ring) with dQ by
-# atomics, "ws-split" the same kernel with dQ left to the dQ pass (NOTES.md v8). Every candidate's
-# output (forward) or gradients (backward) are checked before it is timed.
+# atomics, "ws-split" the same kernel with dQ left to the dQ pass (NOTES.md v8), "ws-dqtma" the same
+# kernel with dQ added by one TMA reduction per step (NOTES.md v9; its fp32 dQ tile takes 32 KB of
+# shared memory at hd128, so 3 stages do not fit there). Every candidate's output (forward) or
+# gradients (backward) are checked before it is timed.
 VARIANTS = {"tma": {"TMA": True}, "tma-ws": {"TMA": True, "WARP_SPECIALIZE": True}, "ws": {"WS": True},
-            "fused": {"FUSE_DQ": True}, "ws-fused": {"WS": True, "FUSE_DQ": True}, "ws-split": {"WS": True}}
+            "fused": {"FUSE_DQ": True}, "ws-fused": {"WS": True, "FUSE_DQ": True}, "ws-split": {"WS": True},
+            "ws-dqtma": {"WS": True, "FUSE_DQ": True, "DQ_TMA": True}}
 TILES = {  # head dim -> {kernel: candidates}
     128: {"fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2),
                   (128, 32, 4, 4), (64, 128, 4, 3),
@@ -62,7 +65,7 @@ TILES = {  # head dim -> {kernel: candidates}
                    (32, 64, 8, 3, "fused"), (64, 64, 8, 2, "fused"), (64, 64, 8, 3, "fused"), (32, 64, 4, 3, "fused"),
                    (32, 64, 4, 3, "tma"), (32, 64, 8, 3, "tma"), (64, 64, 8, 2, "tma"),
                    (64, 128, 8, 2, "ws-fused"), (64, 128, 8, 3, "ws-fused"), (64, 128, 8, 2, "ws-split"),
-                   (64, 128, 8, 3, "ws-split")],
+                   (64, 128, 8, 3, "ws-split"), (64, 128, 8, 2, "ws-dqtma")],
           "dq": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3),
                  (64, 32, 4, 3, "tma"), (64, 64, 4, 3, "tma"), (128, 64, 8, 2, "tma")]},
     64: {"fwd": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4),
@@ -71,7 +74,7 @@ TILES = {  # head dim -> {kernel: candidates}
                   (32, 128, 8, 2, "fused"), (64, 128, 8, 2, "fused"), (32, 64, 4, 3, "fused"),
                   (32, 128, 8, 2, "tma"), (64, 128, 8, 2, "tma"),
                   (64, 128, 8, 2, "ws-fused"), (64, 128, 8, 3, "ws-fused"), (64, 128, 8, 2, "ws-split"),
-                  (128, 128, 8, 2, "ws-split")],
+                  (128, 128, 8, 2, "ws-split"), (64, 128, 8, 2, "ws-dqtma"), (64, 128, 8, 3, "ws-dqtma")],
          "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                 (128, 32, 8, 2, "tma"), (128, 64, 8, 2, "tma")]},
     256: {"fwd": [(64, 32, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2, "tma"), (64, 64, 8, 2, "tma"),
@@ -203,7 +206,8 @@ def validate(atol: float = 4e-3, rtol: float = 1e-2, head_dims=(64, 96, 128, 256
 # each alone, the other kernels at their defaults. name -> (environment, dK/dV tile override at hd128)
 SMOKE = {"ws-fwd": ({"NPEDIT_ATTN_FWD": "ws"}, None),
          "ws-bwd": ({"NPEDIT_ATTN_BWD": "ws"}, None),
-         "ws-bwd-dkdv": ({}, dict(WS_BWD_TILES[128], WS=True))}  # dQ by the Triton dQ pass
+         "ws-bwd-dkdv": ({}, dict(WS_BWD_TILES[128], WS=True)),  # dQ by the Triton dQ pass
+         "ws-bwd-dqtma": ({}, dict(WS_BWD_TILES[128], WS=True, FUSE_DQ=True, DQ_TMA=True))}  # dQ by TMA reductions
 
 
 def smoke_ws(names=tuple(SMOKE)) -> dict:

@@ -22,7 +22,8 @@ carries pointers or load masks; on sm_90 the dQ pass then fits wider tiles witho
 
 The "ws" variant (`NPEDIT_ATTN_BWD=ws`, or WS in a dK/dV tile override) is the warp-specialised
 Gluon kernel of attention_ws_bwd.py (sm_90; a TMA load warp, K and V in shared memory, dQ by
-atomics unless the override drops FUSE_DQ); the split default runs wherever it does not apply.
+atomics, or by TMA reductions with DQ_TMA in the override, unless the override drops FUSE_DQ); the
+split default runs wherever it does not apply.
 """
 from __future__ import annotations
 
@@ -428,8 +429,8 @@ def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple
     attention.TILE_OVERRIDES["dkdv" / "dq"] replaces them for tile sweeps. FUSE_DQ in the dK/dV
     config (from `bwd_variant()` or the override) means the dQ pass is not launched; TMA in either
     config runs that pass's tensor-descriptor kernel where the inputs allow it; WS in the dK/dV config
-    runs the Gluon backward (its dQ by atomics with FUSE_DQ, else by the dQ pass) where the inputs
-    allow it, the split default elsewhere."""
+    runs the Gluon backward (its dQ by atomics with FUSE_DQ, by TMA reductions with FUSE_DQ and DQ_TMA,
+    else by the dQ pass) where the inputs allow it, the split default elsewhere."""
     variant = bwd_variant()
     fused, tma = variant == "fused", variant == "tma"
     kv, q = _default_bwd_configs(head_dim_pad, dtype, fused)
@@ -438,7 +439,7 @@ def bwd_configs(head_dim_pad: int, dtype: torch.dtype = torch.bfloat16) -> tuple
         kv = dict(WS_BWD_TILES[head_dim_pad], WS=True, FUSE_DQ=True)
     kv = tile_override("dkdv", head_dim_pad, dtype) or kv
     q = tile_override("dq", head_dim_pad, dtype) or dict(q, TMA=tma)
-    for key in ("FUSE_DQ", "TMA", "WS"):
+    for key in ("FUSE_DQ", "TMA", "WS", "DQ_TMA"):
         kv.setdefault(key, False)
     q.setdefault("TMA", False)
     return kv, q
@@ -484,6 +485,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     block_d = padded_head_dim(head_dim)
     kv_cfg, q_cfg = bwd_configs(block_d, q.dtype)
     kv_tma, q_tma, fused, ws = kv_cfg.pop("TMA"), q_cfg.pop("TMA"), kv_cfg.pop("FUSE_DQ"), kv_cfg.pop("WS")
+    dq_tma = kv_cfg.pop("DQ_TMA") and ws and fused  # the Gluon backward's dQ by TMA reductions
     if ws:
         from npedit.ops.triton.attention_ws_bwd import attention_bwd_ws, ws_bwd_fits
         # out of the Gluon kernel's scope (its accumulators start at -lse / scale: a positive scale)
@@ -525,7 +527,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     kv_grid = (triton.cdiv(rows_k, kv_cfg["BLOCK_N"]), num_seqs * num_kv_heads)
     if ws:
         attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq4 if fused else None, dk4, dv4, causal, qk_scale,
-                         softmax_scale, **kv_cfg)
+                         softmax_scale, dq_tma=dq_tma, **kv_cfg)
     elif kv_tma and tma_fits and not fused:
         bm, bn = kv_cfg["BLOCK_M"], kv_cfg["BLOCK_N"]
         tiles = ((q4, bm), (k4, bn), (v4, bn), (do4, bm), (dk4, bn), (dv4, bn))

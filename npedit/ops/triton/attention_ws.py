@@ -235,16 +235,20 @@ def ws_fits(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, interpreting: 
     return all(strides_fit(t) for t in (q4, k4, v4))
 
 
+# torch dtype -> (Gluon dtype, kernel-signature name) of the tensors the Gluon kernels take by TMA:
+# fp16 / bf16 operands, and the backward's fp32 dQ accumulator (TMA reductions)
+_GL_DTYPES = {torch.float16: ("float16", "fp16"), torch.bfloat16: ("bfloat16", "bf16"),
+              torch.float32: ("float32", "fp32")}
+
+
 def _smem_layout(dtype: torch.dtype, rows: int, head_dim: int):
     """The swizzled shared-memory layout of a [1, rows, head_dim] TMA block (what wgmma reads)."""
-    return gl.NVMMASharedLayout.get_default_for([1, rows, head_dim],
-                                                gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+    return gl.NVMMASharedLayout.get_default_for([1, rows, head_dim], getattr(gl, _GL_DTYPES[dtype][0]))
 
 
 def descriptor_signature(dtype: torch.dtype, rows: int, head_dim: int) -> str:
     """The kernel-signature type of `ws_descriptor`'s result, for compiling without a GPU."""
-    name = "bf16" if dtype == torch.bfloat16 else "fp16"
-    return f"tensordesc<{name}[1,{rows},{head_dim}],{_smem_layout(dtype, rows, head_dim)!r}>"
+    return f"tensordesc<{_GL_DTYPES[dtype][1]}[1,{rows},{head_dim}],{_smem_layout(dtype, rows, head_dim)!r}>"
 
 
 def ws_descriptor(t: torch.Tensor, rows: int) -> "GluonTensorDescriptor":

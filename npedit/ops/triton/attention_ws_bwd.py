@@ -16,10 +16,14 @@ limit with 32-query steps and reaches 342-358 TFLOP/s on an H200 against cuDNN's
   P^T = exp2(S^T - lse), dS^T = P^T (dP^T - delta), then dV += P^T dO_i and dK += dS^T Q_i with P^T
   and dS^T as register A operands; dS^T also goes to shared memory (double-buffered), from which
   dQ_i = dS_i K runs as one more wgmma (warpgroups split dQ's head dim) and is added to an fp32 dQ
-  accumulator by atomics, as the "fused" Triton variant does: 5 matmuls per tile pair, no dQ launch,
-  and a dQ summation order that changes from run to run (key tile j starts its walk over the query
-  tiles j steps in, so a head's key tiles do not all add into one query tile at once). FUSE_DQ=False
-  leaves dQ to the Triton dQ pass instead (deterministic, 7 matmuls per pair, no atomics).
+  accumulator: 5 matmuls per tile pair, no dQ launch, and a dQ summation order that changes from run
+  to run (key tile j starts its walk over the query tiles j steps in, so a head's key tiles do not
+  all add into one query tile at once). The addition is either by per-thread atomics, as the "fused"
+  Triton variant does, or (DQ_TMA, FlashAttention-3's way) by one TMA reduction per step: the
+  partition stores dQ_i to shared memory and one thread adds the whole [BM, D] tile into global
+  memory (cp.reduce.async.bulk.tensor .add.f32), which the TMA unit carries out while the warps go
+  on with the next tile. FUSE_DQ=False leaves dQ to the Triton dQ pass instead (deterministic,
+  7 matmuls per pair, no atomics).
 
 Scope: the batch layout [B, S, H, D] with (H, D) contiguous and 16-byte aligned (the forward's
 `strides_fit`), fp16 / bf16, head dim 64 or 128, causal or not, grouped-query heads, a positive
@@ -44,8 +48,22 @@ if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
 
+    from triton._C.libtriton import ir as _ir
+    from triton.experimental.gluon.language._core import builtin as _gluon_builtin
+
     # a CTA-wide barrier of the calling partition: `gl.barrier` since Triton 3.7, `gl.thread_barrier` before
     _partition_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+    @_gluon_builtin
+    def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        # global tile of tensor_desc at coord += the shared-memory tile src, as one TMA reduction
+        # (cp.reduce.async.bulk.tensor .add; rows past the tensor are dropped like a TMA store's).
+        # Completion is tracked like a TMA store's (`tma.store_wait`). Gluon 3.6 / 3.7 build the op
+        # (create_async_tma_reduce) but give it no Python name; this is async_copy_shared_to_global's body
+        # with the reduction op
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
 
     @gluon.jit
     def _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M: gl.constexpr):
@@ -78,12 +96,12 @@ if gluon is not None:
                                             do_bufs.index(stage))
 
     @gluon.jit
-    def _wsb_compute_partition(k_smem, v_smem, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty,
-                               Lse, Delta, DQ, DK, DV, qk_scale, sm_scale,
+    def _wsb_compute_partition(k_smem, v_smem, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready,
+                               qdo_empty, Lse, Delta, DQ, DK, DV, qk_scale, sm_scale,
                                stride_lb, stride_lh, stride_lm, stride_dqb, stride_dqm, stride_dqh,
                                stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                                off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q, seqlen_k,
-                               CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr):
+                               CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, DQ_TMA: gl.constexpr):
         NUM_WARPS: gl.constexpr = gl.num_warps()
         NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
         BLOCK_N: gl.constexpr = k_smem.type.shape[0]
@@ -154,13 +172,24 @@ if gluon is not None:
                 dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem, dq_zero, use_acc=False, is_async=True)
                 dq, dv, dk = warpgroup_mma_wait(0, deps=(dq, dv, dk))
                 mbarrier.arrive(qdo_empty.index(stage), count=1)
-                dq_rows = start_m + dq_rows0
-                dq_off = (off_b.to(gl.int64) * stride_dqb + off_h.to(gl.int64) * stride_dqh
-                          + gl.expand_dims(dq_rows, 1) * stride_dqm + gl.expand_dims(dq_cols, 0))
-                gl.atomic_add(DQ + dq_off, dq * sm_scale, mask=gl.expand_dims(dq_rows < seqlen_q, 1), sem="relaxed")
+                if DQ_TMA:
+                    # the previous step's reduction has read dq_smem (its whole iteration to drain) before
+                    # the tile is overwritten; rows past Sq are dropped by the TMA unit
+                    tma.store_wait(0)
+                    dq_smem.reshape([BLOCK_M, BLOCK_D]).store(dq * sm_scale)
+                    fence_async_shared()
+                    _tma_reduce_add(DQ, [off_b, start_m, off_h * BLOCK_D], dq_smem)
+                else:
+                    dq_rows = start_m + dq_rows0
+                    dq_off = (off_b.to(gl.int64) * stride_dqb + off_h.to(gl.int64) * stride_dqh
+                              + gl.expand_dims(dq_rows, 1) * stride_dqm + gl.expand_dims(dq_cols, 0))
+                    gl.atomic_add(DQ + dq_off, dq * sm_scale, mask=gl.expand_dims(dq_rows < seqlen_q, 1),
+                                  sem="relaxed")
             else:
                 dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
                 mbarrier.arrive(qdo_empty.index(stage), count=1)
+        if DQ_TMA:
+            tma.store_wait(0)  # the last reduction has read its tile before the program ends
         # epilogue: dK (scaled), dV rows of this key tile that exist
         rows = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, kv_layout))
         cols = gl.expand_dims(gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, kv_layout)), 0)
@@ -177,16 +206,20 @@ if gluon is not None:
         stride_lb, stride_lh, stride_lm,
         stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
         num_kv_heads, group, seqlen_q, seqlen_k,
-        CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
+        CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, DQ_TMA: gl.constexpr, NUM_STAGES: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         """desc_q / desc_do: TMA descriptors over q, dO [B, Sq, Hq * D] with blocks [1, BLOCK_M, D];
         desc_k / desc_v over k, v [B, Sk, Hk * D], blocks [1, BLOCK_N, D]. Lse / Delta [B, Hq, Sq] fp32
-        (natural-log lse; delta = rowsum(dO * O) - dLSE); DQ fp32 [B, Sq, Hq, D], zeroed (atomics);
-        DK / DV [B, Sk, Hk, D]. Grid (key tiles, B * Hk)."""
+        (natural-log lse; delta = rowsum(dO * O) - dLSE); DQ: the fp32 dQ accumulator [B, Sq, Hq, D],
+        zeroed, as a pointer (atomics) or, with DQ_TMA, as a TMA descriptor over [B, Sq, Hq * D] with
+        blocks [1, BLOCK_M, D] (reductions; the dq strides are then unused); DK / DV [B, Sk, Hk, D].
+        Grid (key tiles, B * Hk)."""
         BLOCK_M: gl.constexpr = desc_q.block_type.shape[1]
         BLOCK_N: gl.constexpr = desc_k.block_type.shape[1]
         BLOCK_D: gl.constexpr = desc_q.block_type.shape[2]
         gl.static_assert(BLOCK_N == 16 * num_warps, "each warp owns 16 keys of the tile")
+        gl.static_assert(FUSE_DQ or not DQ_TMA, "DQ_TMA is a way of adding dQ in the kernel (FUSE_DQ)")
         off_b, off_hk, start_n = _key_tile_program(num_kv_heads, BLOCK_N)
         lo, mask_hi = _causal_query_ranges(start_n, seqlen_q, seqlen_k, CAUSAL, BLOCK_M, BLOCK_N)
         n_m = gl.maximum(gl.cdiv(seqlen_q - lo, BLOCK_M), 0)  # query tiles per q head that see a key of this tile
@@ -195,13 +228,18 @@ if gluon is not None:
         # add into the same query tile at once (the summation order is free already)
         rot = (start_n // BLOCK_N) % gl.maximum(n_iter, 1) if FUSE_DQ else 0
 
-        # shared memory: K, V of the tile, a ring of Q / dO tiles, two dS^T buffers
+        # shared memory: K, V of the tile, a ring of Q / dO tiles, two dS^T buffers, with DQ_TMA the fp32
+        # dQ tile the reductions read (hd128, 2 stages: 164 KB + 32 KB)
         k_smem = gl.allocate_shared_memory(desc_k.dtype, desc_k.block_type.shape, desc_k.layout)
         v_smem = gl.allocate_shared_memory(desc_v.dtype, desc_v.block_type.shape, desc_v.layout)
         q_bufs = gl.allocate_shared_memory(desc_q.dtype, [NUM_STAGES] + desc_q.block_type.shape, desc_q.layout)
         do_bufs = gl.allocate_shared_memory(desc_do.dtype, [NUM_STAGES] + desc_do.block_type.shape, desc_do.layout)
         ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], desc_q.dtype)
         ds_bufs = gl.allocate_shared_memory(desc_q.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+        if DQ_TMA:
+            dq_smem = gl.allocate_shared_memory(DQ.dtype, DQ.block_type.shape, DQ.layout)
+        else:
+            dq_smem = ds_bufs  # not used
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         do_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -218,21 +256,21 @@ if gluon is not None:
         # (argument tuples are written in the calls: a constexpr kept in a tuple variable becomes a tensor)
         if NEW_WS_API:
             gl.warp_specialize([
-                (_wsb_compute_partition, (k2, v2, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty,
+                (_wsb_compute_partition, (k2, v2, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready, qdo_empty,
                                           Lse, Delta, DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm,
                                           stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh,
                                           stride_dvb, stride_dvn, stride_dvh, off_b, off_hk, start_n, lo, mask_hi,
-                                          n_m, n_iter, rot, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ)),
+                                          n_m, n_iter, rot, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ, DQ_TMA)),
                 (_wsb_load_partition, (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar,
                                        q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot,
                                        group)),
             ], [1], [24])
         else:
-            gl.warp_specialize((k2, v2, q_bufs, do_bufs, ds_bufs, kv_bar, q_ready, do_ready, qdo_empty, Lse, Delta,
+            gl.warp_specialize((k2, v2, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready, qdo_empty, Lse, Delta,
                                 DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm, stride_dqb,
                                 stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn,
                                 stride_dvh, off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q,
-                                seqlen_k, CAUSAL, FUSE_DQ),
+                                seqlen_k, CAUSAL, FUSE_DQ, DQ_TMA),
                                _wsb_compute_partition,
                                (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
                                 do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot, group),
@@ -252,23 +290,29 @@ def ws_bwd_fits(q4, k4, v4, do4, interpreting: bool) -> bool:
 
 
 def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, qk_scale: float, sm_scale: float,
-                     BLOCK_M: int = 64, BLOCK_N: int = 128, num_warps: int = 8, num_stages: int = 2) -> None:
+                     BLOCK_M: int = 64, BLOCK_N: int = 128, num_warps: int = 8, num_stages: int = 2,
+                     dq_tma: bool = False) -> None:
     """Fill dk4, dv4 (like k4, v4) and, unless dq32 is None, add dQ into dq32 (fp32 [B, Sq, Hq, D], zeroed
     by the caller; None: the caller runs a dQ pass) from q4 [B, Sq, Hq, D], k4 / v4 [B, Sk, Hk, D], do4
     (like q4), lse / delta [B, Hq, Sq] fp32 (inputs must pass `ws_bwd_fits`). BLOCK_N keys per program,
-    16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight."""
+    16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight;
+    dq_tma: dQ added by one TMA reduction per step instead of atomics (needs a contiguous dq32)."""
     batch, seqlen_q, num_heads, _ = q4.shape
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
     if BLOCK_N != 16 * num_warps:
         raise ValueError(f"the warp-specialised backward takes BLOCK_N = 16 * num_warps, got {BLOCK_N}, {num_warps}")
     fuse_dq = dq32 is not None
+    if dq_tma and not fuse_dq:
+        raise ValueError("dq_tma adds dQ inside the kernel: pass the fp32 dQ accumulator, not None")
     if not fuse_dq:
         dq32 = lse.new_empty(1, 1, 1, 1)  # never written: FUSE_DQ=False removes the atomics
+    # the dQ accumulator as the kernel takes it: a pointer (atomics) or a TMA descriptor (reductions)
+    dq_arg = ws_descriptor(dq32, BLOCK_M) if dq_tma else dq32
     desc_q, desc_do = (ws_descriptor(t, BLOCK_M) for t in (q4, do4))
     desc_k, desc_v = (ws_descriptor(t, BLOCK_N) for t in (k4, v4))
     grid = (triton.cdiv(seqlen_k, BLOCK_N), batch * num_kv_heads)
     _attention_bwd_ws_kernel[grid](
-        desc_q, desc_k, desc_v, desc_do, lse, delta, dq32, dk4, dv4, qk_scale, sm_scale, *lse.stride(),
+        desc_q, desc_k, desc_v, desc_do, lse, delta, dq_arg, dk4, dv4, qk_scale, sm_scale, *lse.stride(),
         dq32.stride(0), dq32.stride(1), dq32.stride(2), dk4.stride(0), dk4.stride(1), dk4.stride(2),
         dv4.stride(0), dv4.stride(1), dv4.stride(2), num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k,
-        CAUSAL=causal, FUSE_DQ=fuse_dq, NUM_STAGES=num_stages, num_warps=num_warps)
+        CAUSAL=causal, FUSE_DQ=fuse_dq, DQ_TMA=dq_tma, NUM_STAGES=num_stages, num_warps=num_warps)
