@@ -77,6 +77,7 @@ def compile_one(fn, dtype: str, pointers: dict, constexprs: dict, num_warps: int
         res["setmaxnreg"] = maxnreg
     ptx = kernel.asm["ptx"]
     res["wgmma"] = ptx.count("wgmma.mma_async")  # Hopper tensor-core instructions issued
+    res["global_loads"] = ptx.count("ld.global")  # per-thread loads (TMA loads are cp.async.bulk.tensor)
     res["global_atomics"] = len(re.findall(r"\b(?:atom|red)\.global", ptx))  # per-thread atomic instructions
     res["tma_reductions"] = ptx.count("cp.reduce.async.bulk.tensor")  # TMA reduce-into-global instructions
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -129,6 +130,8 @@ def cases():
                         descs = {name: attn_ws_k.descriptor_signature(dtype, wsb[block], hd) for name, block in
                                  (("desc_q", "BLOCK_M"), ("desc_do", "BLOCK_M"), ("desc_k", "BLOCK_N"),
                                   ("desc_v", "BLOCK_N"))}
+                        descs.update({name: attn_wsb_k.row_stats_descriptor_signature(wsb["BLOCK_M"])
+                                      for name in ("desc_lse", "desc_delta")})
                         dq_desc = attn_ws_k.descriptor_signature(torch.float32, wsb["BLOCK_M"], hd)
                         # dQ by atomics, by TMA reductions, or by the dQ pass
                         for fuse_dq, dq_tma, name in ((True, False, "ws"), (True, True, "ws-dqtma"),

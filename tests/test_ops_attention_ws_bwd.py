@@ -30,7 +30,8 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
     really warp-specialised (a 24-register TMA warp, compute warpgroups of at least 200), with wgmma
     issued for every matmul: per (key tile, query tile) 4 of them without dQ, 5 with, so the kernels
     that add dQ issue more. dQ leaves by per-thread atomics or by TMA reductions, never both; the
-    reductions read an fp32 [BLOCK_M, D] tile of shared memory, which is all the shared memory they add."""
+    reductions read an fp32 [BLOCK_M, D] tile of shared memory, which is all the shared memory they add.
+    No mode loads from global memory but by TMA (lse and delta come with Q and dO)."""
     report = tmp_path / "ws_bwd.json"
     env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, str(ROOT / "kernels" / "compile_check.py"), "--only",
@@ -43,6 +44,7 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
     for row in rows.values():  # the dK / dV accumulators and the S^T, dP^T tiles fit in 240 registers
         assert row["ok"] and row["local"] == 0, row
         assert min(row["setmaxnreg"]) == 24 and max(row["setmaxnreg"]) >= 200, row
+        assert row["global_loads"] == 0, row
     for hd in (64, 128):
         for mask in ("full", "causal"):
             atomics, tma, dkdv = (rows[f"attention bwd {name} bf16 hd{hd} {mask}"] for name in ("ws", "ws-dqtma", "ws-dkdv"))
@@ -54,6 +56,22 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
             assert atomics["global_atomics"] > 0 and atomics["tma_reductions"] == 0, atomics
             assert tma["tma_reductions"] > 0 and tma["global_atomics"] == 0, tma
             assert dkdv["global_atomics"] == dkdv["tma_reductions"] == 0, dkdv
+
+
+@pytest.mark.parametrize("seqlen", [1, 37, 64, 1000])
+def test_row_stats_buffers_start_every_row_on_16_bytes(seqlen):
+    """lse and delta as the Gluon backward's TMA reads them: [B, H, S] views with the same strides, each
+    row on a 16-byte boundary, lse's values; no copy where lse's rows are aligned already."""
+    lse = torch.randn(2, 3, seqlen)
+    lse[0, 1, 0] = float("-inf")  # a row that saw no key stays -inf (the kernel maps it to P = 0)
+    lse_tma, delta = attention_ws_bwd.row_stats_buffers(lse)
+    assert lse_tma.shape == delta.shape == lse.shape and lse_tma.stride() == delta.stride()
+    assert lse_tma.stride(2) == 1 and lse_tma.stride(1) % 4 == 0 and lse_tma.stride(0) % 4 == 0
+    for t in (lse_tma, delta):
+        assert t.data_ptr() % 16 == 0
+    assert torch.equal(lse_tma, lse)
+    assert (lse_tma.data_ptr() == lse.data_ptr()) == (seqlen % 4 == 0)
+    assert delta.data_ptr() != lse_tma.data_ptr()
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -487,7 +487,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     kv_tma, q_tma, fused, ws = kv_cfg.pop("TMA"), q_cfg.pop("TMA"), kv_cfg.pop("FUSE_DQ"), kv_cfg.pop("WS")
     dq_tma = kv_cfg.pop("DQ_TMA") and ws and fused  # the Gluon backward's dQ by TMA reductions
     if ws:
-        from npedit.ops.triton.attention_ws_bwd import attention_bwd_ws, ws_bwd_fits
+        from npedit.ops.triton.attention_ws_bwd import attention_bwd_ws, row_stats_buffers, ws_bwd_fits
         # out of the Gluon kernel's scope (its accumulators start at -lse / scale: a positive scale)
         if varlen or not softmax_scale > 0 or not ws_bwd_fits(q4, k4, v4, do4, interpreting()):
             kv_cfg, fused, ws = _default_bwd_configs(block_d, q.dtype)[0], False, False
@@ -499,7 +499,10 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
     dv = torch.empty(v.shape, dtype=store_dtype(v.dtype), device=v.device)
     dq4, dk4, dv4 = as_4d(dq), as_4d(dk), as_4d(dv)
     lse = lse.contiguous()
-    delta = torch.empty_like(lse)
+    if ws:  # the Gluon kernel reads lse and delta by TMA: rows on 16-byte boundaries
+        lse, delta = row_stats_buffers(lse)
+    else:
+        delta = torch.empty_like(lse)
     if varlen:
         num_seqs, rows_q, rows_k = cu_seqlens_q.numel() - 1, max_seqlen_q, max_seqlen_k
         l_strides = (0, lse.stride(0), lse.stride(1))

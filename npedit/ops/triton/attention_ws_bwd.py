@@ -8,8 +8,9 @@ limit with 32-query steps and reaches 342-358 TFLOP/s on an H200 against cuDNN's
 - one program per (key tile of BLOCK_N = 128 keys, kv head, batch) keeps K and V in shared memory
   (loaded once by TMA), so both are read by wgmma from shared memory and cost no registers;
 - a load partition (1 warp, 24 registers) streams the query tiles Q_i and dO_i of every q head of the
-  kv head's group by TMA into a NUM_STAGES-deep ring (`q_ready` / `do_ready` complete when the bytes
-  land, `qdo_empty` when the compute partition is done with the stage);
+  kv head's group, with their rows of lse and delta, by TMA into a NUM_STAGES-deep ring (`q_ready` /
+  `do_ready` complete when the bytes land, `qdo_empty` when the compute partition is done with the
+  stage), so the compute partition reads nothing from global memory itself;
 - the compute partition (8 warps: two warpgroups, 64 keys each) works in the transposed frame, keys
   on the rows: S^T = K Q_i^T and dP^T = V dO_i^T (async wgmma, shared-memory operands, accumulators
   starting at -lse / scale and -delta so neither row statistic holds registers during the matmuls),
@@ -29,8 +30,11 @@ Scope: the batch layout [B, S, H, D] with (H, D) contiguous and 16-byte aligned 
 `strides_fit`), fp16 / bf16, head dim 64 or 128, causal or not, grouped-query heads, a positive
 softmax scale; everything else,
 the interpreter and GPUs before sm_90 run the Triton backward. Tails need no masks: TMA reads rows past
-a sequence as zeros, padded query rows get lse = +inf (P = 0), padded key rows give dK / dV rows that
-are not stored and dQ terms that are multiplied by their zero K rows.
+a sequence as zeros, so a padded query row has Q = dO = 0 and lse = delta = 0 (its P^T column is
+finite and meets only zero dO and dP rows: it adds nothing to dV or dK, and its dQ row is not
+stored); padded key rows give dK / dV rows that are not stored and dQ terms that are multiplied by
+their zero K rows. lse and delta reach the kernel through `row_stats_buffers` (TMA needs their rows
+on 16-byte boundaries).
 
 There is no CPU interpreter for Gluon: the kernel is checked by `kernels/compile_check.py` (lowered
 for sm_90 through ptxas) on the CPU and for numerics only on a GPU (`tests/test_ops_attention_ws_bwd.py`).
@@ -40,13 +44,14 @@ from __future__ import annotations
 import torch
 import triton
 
-from npedit.ops.triton.attention_bwd import _bwd_row_stats, _causal_query_ranges, _key_tile_program
+from npedit.ops.triton.attention_bwd import _causal_query_ranges, _key_tile_program
 from npedit.ops.triton.attention_ws import NEW_WS_API, _ws_tile, gluon, strides_fit, ws_descriptor
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
     from triton._C.libtriton import ir as _ir
     from triton.experimental.gluon.language._core import builtin as _gluon_builtin
@@ -74,10 +79,12 @@ if gluon is not None:
         return off_hk * group + step // n_m, lo + (step % n_m) * BLOCK_M
 
     @gluon.jit
-    def _wsb_load_partition(desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
-                            do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot, group):
-        # TMA issue only: K and V once, then Q_i, dO_i of iteration i into stage i % NUM_STAGES once the
-        # compute partition released the stage's previous tile (fresh barriers pass the wait on phase 1)
+    def _wsb_load_partition(desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_bufs, do_bufs,
+                            lse_bufs, delta_bufs, kv_bar, q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo,
+                            n_m, n_iter, rot, group):
+        # TMA issue only: K and V once, then Q_i with its lse rows and dO_i with its delta rows of
+        # iteration i into stage i % NUM_STAGES once the compute partition released the stage's previous
+        # tile (fresh barriers pass the wait on phase 1)
         NUM_STAGES: gl.constexpr = q_bufs.type.shape[0]
         BLOCK_M: gl.constexpr = desc_q.block_type.shape[1]
         BLOCK_D: gl.constexpr = desc_q.block_type.shape[2]
@@ -88,17 +95,21 @@ if gluon is not None:
             stage = it % NUM_STAGES
             off_h, start_m = _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M)
             mbarrier.wait(qdo_empty.index(stage), ((it // NUM_STAGES) & 1) ^ 1)
-            mbarrier.expect(q_ready.index(stage), desc_q.block_type.nbytes)
+            mbarrier.expect(q_ready.index(stage), desc_q.block_type.nbytes + desc_lse.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_q, [off_b, start_m, off_h * BLOCK_D], q_ready.index(stage),
                                             q_bufs.index(stage))
-            mbarrier.expect(do_ready.index(stage), desc_do.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_lse, [off_b, off_h, start_m], q_ready.index(stage),
+                                            lse_bufs.index(stage))
+            mbarrier.expect(do_ready.index(stage), desc_do.block_type.nbytes + desc_delta.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_do, [off_b, start_m, off_h * BLOCK_D], do_ready.index(stage),
                                             do_bufs.index(stage))
+            tma.async_copy_global_to_shared(desc_delta, [off_b, off_h, start_m], do_ready.index(stage),
+                                            delta_bufs.index(stage))
 
     @gluon.jit
-    def _wsb_compute_partition(k_smem, v_smem, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready,
-                               qdo_empty, Lse, Delta, DQ, DK, DV, qk_scale, sm_scale,
-                               stride_lb, stride_lh, stride_lm, stride_dqb, stride_dqm, stride_dqh,
+    def _wsb_compute_partition(k_smem, v_smem, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_bufs, dq_smem, kv_bar,
+                               q_ready, do_ready, qdo_empty, DQ, DK, DV, qk_scale, sm_scale,
+                               stride_dqb, stride_dqm, stride_dqh,
                                stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                                off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q, seqlen_k,
                                CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, DQ_TMA: gl.constexpr):
@@ -137,20 +148,21 @@ if gluon is not None:
             stage = it % NUM_STAGES
             phase = (it // NUM_STAGES) & 1
             off_h, start_m = _wsb_query_tile(it, rot, n_iter, n_m, lo, off_hk, group, BLOCK_M)
-            l_off = off_b.to(gl.int64) * stride_lb + off_h.to(gl.int64) * stride_lh
             offs_m = start_m + offs_m0
-            # lse in log2 units (+inf where P must be 0) and delta [BM] of the tile's queries enter the
-            # accumulators' initial values, so no register holds them while the matmuls run:
-            # S^T - lse / qk_scale and dP^T - delta come out of the wgmma
-            lse, delta = _bwd_row_stats(Lse + l_off, Delta + l_off, offs_m, offs_m < seqlen_q, stride_lm)
-            st_init = st_zero - gl.expand_dims(lse / qk_scale, 0)
-            dpt_init = st_zero - gl.expand_dims(delta, 0)
             q_tile = _ws_tile(q_bufs, stage)
             do_tile = _ws_tile(do_bufs, stage)
+            # the tile's lse (natural log; TMA reads rows past Sq as 0, harmless: their Q and dO rows are
+            # 0 too) and delta [BM] came with Q_i and dO_i; they enter the accumulators' initial values,
+            # so no register holds them while the matmuls run: S^T - lse2 / qk_scale and dP^T - delta
+            # come out of the wgmma (lse2: log2 units, +inf for rows that saw no key, so their P = 0)
             mbarrier.wait(q_ready.index(stage), phase)
-            st = warpgroup_mma(k_smem, q_tile.permute((1, 0)), st_init, is_async=True)
+            lse = lse_bufs.index(stage).reshape([BLOCK_M]).load(col_s)
+            lse2 = gl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+            st = warpgroup_mma(k_smem, q_tile.permute((1, 0)), st_zero - gl.expand_dims(lse2 / qk_scale, 0),
+                               is_async=True)
             mbarrier.wait(do_ready.index(stage), phase)
-            dpt = warpgroup_mma(v_smem, do_tile.permute((1, 0)), dpt_init, is_async=True)
+            delta = delta_bufs.index(stage).reshape([BLOCK_M]).load(col_s)
+            dpt = warpgroup_mma(v_smem, do_tile.permute((1, 0)), st_zero - gl.expand_dims(delta, 0), is_async=True)
             st = warpgroup_mma_wait(1, deps=(st, ))  # S^T - lse / qk_scale is done; dP^T may still run
             pt = gl.exp2(st * qk_scale)
             if CAUSAL:
@@ -201,17 +213,17 @@ if gluon is not None:
 
     @gluon.jit
     def _attention_bwd_ws_kernel(
-        desc_q, desc_k, desc_v, desc_do, Lse, Delta, DQ, DK, DV,
+        desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, DQ, DK, DV,
         qk_scale, sm_scale,  # qk_scale = softmax_scale * log2(e)
-        stride_lb, stride_lh, stride_lm,
         stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
         num_kv_heads, group, seqlen_q, seqlen_k,
         CAUSAL: gl.constexpr, FUSE_DQ: gl.constexpr, DQ_TMA: gl.constexpr, NUM_STAGES: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         """desc_q / desc_do: TMA descriptors over q, dO [B, Sq, Hq * D] with blocks [1, BLOCK_M, D];
-        desc_k / desc_v over k, v [B, Sk, Hk * D], blocks [1, BLOCK_N, D]. Lse / Delta [B, Hq, Sq] fp32
-        (natural-log lse; delta = rowsum(dO * O) - dLSE); DQ: the fp32 dQ accumulator [B, Sq, Hq, D],
+        desc_k / desc_v over k, v [B, Sk, Hk * D], blocks [1, BLOCK_N, D]. desc_lse / desc_delta over
+        lse / delta [B, Hq, Sq] fp32, blocks [1, 1, BLOCK_M] (natural-log lse; delta = rowsum(dO * O) -
+        dLSE); DQ: the fp32 dQ accumulator [B, Sq, Hq, D],
         zeroed, as a pointer (atomics) or, with DQ_TMA, as a TMA descriptor over [B, Sq, Hq * D] with
         blocks [1, BLOCK_M, D] (reductions; the dq strides are then unused); DK / DV [B, Sk, Hk, D].
         Grid (key tiles, B * Hk)."""
@@ -236,6 +248,9 @@ if gluon is not None:
         do_bufs = gl.allocate_shared_memory(desc_do.dtype, [NUM_STAGES] + desc_do.block_type.shape, desc_do.layout)
         ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], desc_q.dtype)
         ds_bufs = gl.allocate_shared_memory(desc_q.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+        lse_bufs = gl.allocate_shared_memory(gl.float32, [NUM_STAGES] + desc_lse.block_type.shape, desc_lse.layout)
+        delta_bufs = gl.allocate_shared_memory(gl.float32, [NUM_STAGES] + desc_delta.block_type.shape,
+                                               desc_delta.layout)
         if DQ_TMA:
             dq_smem = gl.allocate_shared_memory(DQ.dtype, DQ.block_type.shape, DQ.layout)
         else:
@@ -256,24 +271,25 @@ if gluon is not None:
         # (argument tuples are written in the calls: a constexpr kept in a tuple variable becomes a tensor)
         if NEW_WS_API:
             gl.warp_specialize([
-                (_wsb_compute_partition, (k2, v2, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready, qdo_empty,
-                                          Lse, Delta, DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm,
+                (_wsb_compute_partition, (k2, v2, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_bufs, dq_smem, kv_bar,
+                                          q_ready, do_ready, qdo_empty, DQ, DK, DV, qk_scale, sm_scale,
                                           stride_dqb, stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh,
                                           stride_dvb, stride_dvn, stride_dvh, off_b, off_hk, start_n, lo, mask_hi,
                                           n_m, n_iter, rot, group, seqlen_q, seqlen_k, CAUSAL, FUSE_DQ, DQ_TMA)),
-                (_wsb_load_partition, (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar,
-                                       q_ready, do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot,
-                                       group)),
+                (_wsb_load_partition, (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_bufs,
+                                       do_bufs, lse_bufs, delta_bufs, kv_bar, q_ready, do_ready, qdo_empty, off_b,
+                                       off_hk, start_n, lo, n_m, n_iter, rot, group)),
             ], [1], [24])
         else:
-            gl.warp_specialize((k2, v2, q_bufs, do_bufs, ds_bufs, dq_smem, kv_bar, q_ready, do_ready, qdo_empty, Lse, Delta,
-                                DQ, DK, DV, qk_scale, sm_scale, stride_lb, stride_lh, stride_lm, stride_dqb,
+            gl.warp_specialize((k2, v2, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_bufs, dq_smem, kv_bar, q_ready,
+                                do_ready, qdo_empty, DQ, DK, DV, qk_scale, sm_scale, stride_dqb,
                                 stride_dqm, stride_dqh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn,
                                 stride_dvh, off_b, off_hk, start_n, lo, mask_hi, n_m, n_iter, rot, group, seqlen_q,
                                 seqlen_k, CAUSAL, FUSE_DQ, DQ_TMA),
                                _wsb_compute_partition,
-                               (desc_q, desc_k, desc_v, desc_do, k_smem, v_smem, q_bufs, do_bufs, kv_bar, q_ready,
-                                do_ready, qdo_empty, off_b, off_hk, start_n, lo, n_m, n_iter, rot, group),
+                               (desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, k_smem, v_smem, q_bufs,
+                                do_bufs, lse_bufs, delta_bufs, kv_bar, q_ready, do_ready, qdo_empty, off_b, off_hk,
+                                start_n, lo, n_m, n_iter, rot, group),
                                [_wsb_load_partition], [1], [24])
 
 
@@ -289,12 +305,36 @@ def ws_bwd_fits(q4, k4, v4, do4, interpreting: bool) -> bool:
     return all(strides_fit(t) for t in (q4, k4, v4, do4))
 
 
+def row_stats_buffers(lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lse [B, H, S] fp32 (contiguous) -> (lse, delta): [B, H, S] views the kernel's TMA can read, rows
+    starting on 16 bytes (a row stride that is a multiple of 4 floats); delta uninitialised, with
+    lse's strides. lse itself when S is a multiple of 4, else a copy into a padded buffer."""
+    batch, heads, seqlen = lse.shape
+    padded = -(-seqlen // 4) * 4
+    if padded == seqlen:
+        return lse, torch.empty_like(lse)
+    lse_pad, delta = lse.new_empty(2, batch, heads, padded)[..., :seqlen].unbind(0)
+    lse_pad.copy_(lse)
+    return lse_pad, delta
+
+
+def _row_stats_descriptor(t: torch.Tensor, rows: int) -> "GluonTensorDescriptor":
+    """lse or delta [B, H, S] fp32 (from `row_stats_buffers`) -> a descriptor with blocks [1, 1, rows]."""
+    layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows], gl.float32)
+    return GluonTensorDescriptor.from_tensor(t, [1, 1, rows], layout)
+
+
+def row_stats_descriptor_signature(rows: int) -> str:
+    """The kernel-signature type of `_row_stats_descriptor`'s result, for compiling without a GPU."""
+    return f"tensordesc<fp32[1,1,{rows}],{gl.NVMMASharedLayout.get_default_for([1, 1, rows], gl.float32)!r}>"
+
+
 def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, qk_scale: float, sm_scale: float,
                      BLOCK_M: int = 64, BLOCK_N: int = 128, num_warps: int = 8, num_stages: int = 2,
                      dq_tma: bool = False) -> None:
     """Fill dk4, dv4 (like k4, v4) and, unless dq32 is None, add dQ into dq32 (fp32 [B, Sq, Hq, D], zeroed
     by the caller; None: the caller runs a dQ pass) from q4 [B, Sq, Hq, D], k4 / v4 [B, Sk, Hk, D], do4
-    (like q4), lse / delta [B, Hq, Sq] fp32 (inputs must pass `ws_bwd_fits`). BLOCK_N keys per program,
+    (like q4), lse / delta [B, Hq, Sq] fp32 from `row_stats_buffers` (inputs must pass `ws_bwd_fits`). BLOCK_N keys per program,
     16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight;
     dq_tma: dQ added by one TMA reduction per step instead of atomics (needs a contiguous dq32)."""
     batch, seqlen_q, num_heads, _ = q4.shape
@@ -310,9 +350,10 @@ def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, 
     dq_arg = ws_descriptor(dq32, BLOCK_M) if dq_tma else dq32
     desc_q, desc_do = (ws_descriptor(t, BLOCK_M) for t in (q4, do4))
     desc_k, desc_v = (ws_descriptor(t, BLOCK_N) for t in (k4, v4))
+    desc_lse, desc_delta = (_row_stats_descriptor(t, BLOCK_M) for t in (lse, delta))
     grid = (triton.cdiv(seqlen_k, BLOCK_N), batch * num_kv_heads)
     _attention_bwd_ws_kernel[grid](
-        desc_q, desc_k, desc_v, desc_do, lse, delta, dq_arg, dk4, dv4, qk_scale, sm_scale, *lse.stride(),
+        desc_q, desc_k, desc_v, desc_do, desc_lse, desc_delta, dq_arg, dk4, dv4, qk_scale, sm_scale,
         dq32.stride(0), dq32.stride(1), dq32.stride(2), dk4.stride(0), dk4.stride(1), dk4.stride(2),
         dv4.stride(0), dv4.stride(1), dv4.stride(2), num_kv_heads, num_heads // num_kv_heads, seqlen_q, seqlen_k,
         CAUSAL=causal, FUSE_DQ=fuse_dq, DQ_TMA=dq_tma, NUM_STAGES=num_stages, num_warps=num_warps)
