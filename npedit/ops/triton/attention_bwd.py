@@ -491,7 +491,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float, d
         # out of the Gluon kernel's scope (its accumulators start at -lse / scale: a positive scale)
         if varlen or not softmax_scale > 0 or not ws_bwd_fits(q4, k4, v4, do4, interpreting()):
             kv_cfg, fused, ws = _default_bwd_configs(block_d, q.dtype)[0], False, False
-    if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics), rounded once at the end
+    if fused:  # the dK/dV pass accumulates dQ here in fp32 (atomics or TMA reductions), rounded once at the end
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     else:
         dq = torch.empty(q.shape, dtype=store_dtype(q.dtype), device=q.device)
