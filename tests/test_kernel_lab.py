@@ -111,3 +111,31 @@ def test_smoke_runs_each_setting_then_restores_the_environment(sweep, monkeypatc
                                    (None, "split", {"dkdv": dict(dkdv, FUSE_DQ=True, DQ_TMA=True)}, (64, 128))]
     assert os.environ.get("NPEDIT_ATTN_FWD") is None and os.environ["NPEDIT_ATTN_BWD"] == "split"
     assert fwd_kernels.TILE_OVERRIDES == {}
+
+
+def test_warm_up_gives_up_on_a_hung_job_and_keeps_the_others(sweep):
+    """The sweep's parallel warm-up (run_with_deadline): finished jobs return their results in job
+    order, a job still running at the deadline (here a 60 s sleep, as a deadlocked kernel would) is
+    reported "hung" and its process killed instead of waited for."""
+    import time
+    start = time.monotonic()
+    results = sweep.run_with_deadline(time.sleep, [0, 0.1, 60], workers=3, deadline_s=10)
+    assert results == [None, None, "hung"]
+    assert time.monotonic() - start < 60  # the hung job was not waited for
+
+
+def test_hung_warm_up_candidates_are_reported_not_timed(sweep, monkeypatch):
+    """precompile_sweep marks the candidates whose warm-up hung, and names every candidate once."""
+    jobs_seen = []
+
+    def fake_run(fn, jobs, workers, deadline_s):
+        jobs_seen.extend(jobs)
+        return ["hung" if job[3][4:] == ("ws-dqtma",) else dict(kernel=job[2], tile=list(job[3]), s=1.0)
+                for job in jobs]
+
+    monkeypatch.setattr(sweep, "run_with_deadline", fake_run)
+    rows = sweep.precompile_sweep(128, False, workers=4, deadline_s=1)
+    expected = [(kind, tuple(t)) for kind, tiles in sweep.TILES[128].items() for t in tiles]
+    assert [(r["kernel"], tuple(r["tile"])) for r in rows] == expected
+    assert {(r["kernel"], tuple(r["tile"])) for r in rows if r.get("hung")} == {("dkdv", (64, 128, 8, 2, "ws-dqtma"))}
+    assert all(job[:2] == (128, False) for job in jobs_seen)

@@ -5,7 +5,10 @@
 0. Tiles: `--sweep-out tiles.json [--head_dim 64|128|256] [--causal]` times forward, dK/dV and dQ
    candidates (`TILES`, with the TMA forward, the fused backward and the TMA backward among them) at
    N = 4096, bf16, hd128 and non-causal unless told, writes the fastest of each and exits (run it in
-   its own process: a tile that breaks the CUDA context then costs nothing else); `--tiles tiles.json`
+   its own process: a tile that breaks the CUDA context then costs nothing else). Before timing, each
+   candidate runs once in a pool of `--warm-workers` spawned processes, so their kernels compile side
+   by side into Triton's cache instead of one after another on the device budget; a candidate still
+   running after `--warm-s` is reported hung and not timed; `--tiles tiles.json`
    uses them, after validating them (step 1) on every case; if any check fails the shipped tiles are
    used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -101,19 +106,80 @@ def _tile(t: tuple) -> dict:
     return dict(BLOCK_M=t[0], BLOCK_N=t[1], num_warps=t[2], num_stages=t[3], **VARIANTS.get(t[4] if len(t) > 4 else "", {}))
 
 
-def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int = 16384,
-                causal: bool = False) -> dict:
+SWEEP_SHAPE = dict(n=4096, heads=16, tokens=16384)  # the sweep's problem: B = tokens / n sequences of n
+
+
+def _sweep_inputs(head_dim: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v (requiring grad) [B, N, H, D] bf16 on the GPU and an upstream gradient like q."""
+    n, heads, tokens = SWEEP_SHAPE["n"], SWEEP_SHAPE["heads"], SWEEP_SHAPE["tokens"]
+    q, k, v = (torch.randn(max(1, tokens // n), n, heads, head_dim, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    return q, k, v, torch.randn_like(q)
+
+
+def run_with_deadline(fn, jobs: list, workers: int, deadline_s: float) -> list:
+    """fn(job) for every job in `workers` spawned processes -> results in job order; a job unfinished after
+    deadline_s (a hung GPU kernel: mbarrier code that never ran can deadlock) gets the string "hung", and
+    the pool is terminated, which kills the processes and with them their kernels. fn must be importable
+    by a spawned process (a module-level function of an importable module, or of the script run)."""
+    results = ["hung"] * len(jobs)
+    pool = multiprocessing.get_context("spawn").Pool(max(1, min(workers, len(jobs))))
+    try:
+        pending = [pool.apply_async(fn, (job, )) for job in jobs]
+        end = time.monotonic() + deadline_s
+        for i, res in enumerate(pending):
+            try:
+                results[i] = res.get(timeout=max(0.0, end - time.monotonic()))
+            except multiprocessing.TimeoutError:
+                pass
+    finally:
+        pool.terminate()
+        pool.join()
+    return results
+
+
+def _compile_candidate(job: tuple) -> dict:
+    """One warm-up job of `precompile_sweep`, in a spawned process: (head_dim, causal, kind, tile) runs the
+    candidate once on the sweep's inputs, so its kernels (and the other passes' at their defaults) land
+    in Triton's on-disk cache, where the sweep's compile of the same kernel finds them."""
+    head_dim, causal, kind, tile = job
+    attention_kernels.TILE_OVERRIDE_HEAD_DIM = head_dim
+    TILE_OVERRIDES.clear()
+    TILE_OVERRIDES[kind] = _tile(tile)
+    start = time.perf_counter()
+    try:
+        q, k, v, grad = _sweep_inputs(head_dim)
+        out = attention(q, k, v, causal=causal)
+        if kind != "fwd":
+            torch.autograd.grad(out, (q, k, v), grad)
+        torch.cuda.synchronize()
+        return dict(kernel=kind, tile=list(tile), s=round(time.perf_counter() - start, 2))
+    except Exception as exc:  # noqa: BLE001 - the sweep meets (and records) the same error itself
+        return dict(kernel=kind, tile=list(tile), error=f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+def precompile_sweep(head_dim: int, causal: bool, workers: int, deadline_s: float) -> list[dict]:
+    """Compile every candidate of TILES[head_dim] in parallel before the sweep times them one by one (the
+    GPU machine's CPU cores compile side by side what the sweep would compile in turn, on the device
+    budget) -> one row per candidate: seconds, an error, or hung (the sweep then skips it)."""
+    jobs = [(head_dim, causal, kind, tile) for kind, tiles in TILES[head_dim].items() for tile in tiles]
+    results = run_with_deadline(_compile_candidate, jobs, workers, deadline_s)
+    return [res if res != "hung" else dict(kernel=job[2], tile=list(job[3]), hung=True)
+            for job, res in zip(jobs, results)]
+
+
+def sweep_tiles(head_dim: int = 128, causal: bool = False, warm_workers: int = 0, warm_s: float = 120.0) -> dict:
     """Median ms of each candidate tile of TILES[head_dim] (forward alone; backward = fwd+bwd - fwd with
     the other backward kernel at its current choice; a "fused" dK/dV tile has no dQ launch, so its time
-    is the whole backward), non-causal (DiT) or causal (the VLM's language model).
+    is the whole backward), non-causal (DiT) or causal (the VLM's language model), on SWEEP_SHAPE.
+    warm_workers > 0: `precompile_sweep` first, and candidates that hung there are not run.
     -> {"head_dim": .., "causal": .., "rows": [...], "best": {"fwd": .., "dkdv": .., "dq": ..}}."""
     from triton.testing import do_bench
+    warm = precompile_sweep(head_dim, causal, warm_workers, warm_s) if warm_workers > 0 else []
+    hung = {(row["kernel"], tuple(row["tile"])) for row in warm if row.get("hung")}
     attention_kernels.TILE_OVERRIDE_HEAD_DIM = head_dim
     candidates = TILES[head_dim]
-    b = max(1, tokens // n)
-    q, k, v = (torch.randn(b, n, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
-    grad = torch.randn_like(q)
+    q, k, v, grad = _sweep_inputs(head_dim)
     rows, best = [], {}
 
     def fwd():
@@ -145,6 +211,10 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
             continue
         timed = []
         for tile in tiles:
+            if (kind, tuple(tile)) in hung:
+                rows.append(dict(kernel=kind, tile=list(tile), error=f"hung in the warm-up (> {warm_s:.0f} s)"))
+                print(rows[-1], flush=True)
+                continue
             TILE_OVERRIDES[kind] = _tile(tile)
             try:
                 if kind == "fwd":  # a fast wrong forward must not win (nor then fail every swept tile)
@@ -166,7 +236,7 @@ def sweep_tiles(n: int = 4096, heads: int = 16, head_dim: int = 128, tokens: int
         TILE_OVERRIDES[kind] = _tile(best[kind])
     TILE_OVERRIDES.clear()
     return {"head_dim": head_dim, "causal": causal, "rows": rows, "best": {k: list(v) for k, v in best.items()},
-            "defaults": {k: list(v[0]) for k, v in candidates.items()}}
+            "defaults": {k: list(v[0]) for k, v in candidates.items()}, "warm_up": warm}
 
 
 VALIDATION_CASES = [  # (B, Sq, Sk, Hq, Hk, D, causal)
@@ -297,6 +367,11 @@ def main() -> int:
     parser.add_argument("--smoke", nargs="*", choices=sorted(SMOKE),
                         help="only validate these Gluon kernels (SMOKE; none named: all), write --out and exit "
                              "(1: one failed)")
+    parser.add_argument("--warm-workers", type=int, default=min(12, max(0, (os.cpu_count() or 1) - 2)),
+                        help="--sweep-out: compile the candidates in this many processes first (0: no warm-up)")
+    parser.add_argument("--warm-s", type=float, default=120.0,
+                        help="--sweep-out: seconds the warm-up may take; candidates unfinished by then hung "
+                             "and are left out")
     parser.add_argument("--skip-variants", default="",
                         help="comma-separated tile variants to leave out of the sweep (e.g. ws,ws-fused,ws-split "
                              "after a failed --smoke)")
@@ -315,7 +390,8 @@ def main() -> int:
         return 1 if failed else 0
     drop_variants(filter(None, args.skip_variants.split(",")))
     if args.sweep_out:
-        sweep = dict(report, **sweep_tiles(head_dim=args.head_dim, causal=args.causal))
+        sweep = dict(report, **sweep_tiles(head_dim=args.head_dim, causal=args.causal, warm_workers=args.warm_workers,
+                                           warm_s=args.warm_s))
         Path(args.sweep_out).write_text(json.dumps(sweep, indent=1))
         print("fastest tiles:", sweep["best"])
         return 0
