@@ -17,10 +17,11 @@
 # the hd64 / hd256 attention tile sweeps, STAGES=...,attention_causal the causal hd128 one;
 # STAGES=...,zero3 adds the step
 # through DeepSpeed's ZeRO-3 engines on as many ranks as there are GPUs (needs deepspeed).
-# Wheels the image lacks (pytest-benchmark and py-cpuinfo if missing; diffusers for the planner's
-# published-model cases; deepspeed for zero3) are installed from $WHEELS (default .wheels/) when that
-# folder exists: prepare it with `pip download --no-deps -d .wheels pytest-benchmark py-cpuinfo
-# diffusers==0.42.1` and carry it (carry=[".wheels"]).
+# Wheels the image lacks (pytest-benchmark and py-cpuinfo if missing; pytest-xdist and execnet, which
+# run the gpu-marked tests in 8 processes so their kernels compile side by side; diffusers for the
+# planner's published-model cases; deepspeed for zero3) are installed from $WHEELS (default .wheels/)
+# when that folder exists: prepare it with `pip download --no-deps -d .wheels pytest-benchmark py-cpuinfo
+# pytest-xdist execnet diffusers==0.42.1` and carry it (carry=[".wheels"]).
 # Pretraining is off by default: the shapes world's teacher and judge ship in npedit/assets/shapes/
 # (the teacher was trained on a CPU, see experiments/shapes/teacher_parsing_text/). PRETRAIN_S=N
 # trains them here for N seconds each; PRETRAIN=teacher,judge picks which. Processes sharing one GPU
@@ -130,7 +131,11 @@ if has "$STAGES" tests || has "$STAGES" attention; then
 fi
 SKIP_WS=(); [ -n "$SKIP" ] && SKIP_WS=(--skip-variants "${SKIP#,}")
 WS_FILTER=(); [ -n "$NOT_K" ] && WS_FILTER=(-k "${NOT_K# and }")
-has "$STAGES" tests && stage gpu_tests 280 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ops_attention.py ${WS_TESTS[@]+"${WS_TESTS[@]}"} \
+# with pytest-xdist the tests run in 8 processes on the one GPU (they check numerics, not time): the
+# compiles, most of the stage, go side by side on the CPU cores
+XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+has "$STAGES" tests && stage gpu_tests 280 $PY -m pytest -q -m gpu -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
+    tests/test_ops_attention.py ${WS_TESTS[@]+"${WS_TESTS[@]}"} \
     tests/test_ops_answer_loss.py tests/test_ops_adaln.py tests/test_ops_csrc.py tests/test_ops_checkpoint.py \
     ${WS_FILTER[@]+"${WS_FILTER[@]}"} --junitxml="$RES/gpu_tests.xml"
 # the planner on the built-in models; with diffusers and deepspeed installed (carried wheels), also on
