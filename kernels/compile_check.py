@@ -130,7 +130,7 @@ def cases():
                         descs = {name: attn_ws_k.descriptor_signature(dtype, wsb[block], hd) for name, block in
                                  (("desc_q", "BLOCK_M"), ("desc_do", "BLOCK_M"), ("desc_k", "BLOCK_N"),
                                   ("desc_v", "BLOCK_N"))}
-                        descs.update({name: attn_wsb_k.row_stats_descriptor_signature(wsb["BLOCK_M"])
+                        descs.update({name: attn_ws_k.descriptor_signature(torch.float32, 1, wsb["BLOCK_M"])
                                       for name in ("desc_lse", "desc_delta")})
                         dq_desc = attn_ws_k.descriptor_signature(torch.float32, wsb["BLOCK_M"], hd)
                         # dQ by atomics, by TMA reductions, or by the dQ pass

@@ -8,9 +8,8 @@
    its own process: a tile that breaks the CUDA context then costs nothing else). Before timing, each
    candidate runs once in a pool of `--warm-workers` spawned processes, so their kernels compile side
    by side into Triton's cache instead of one after another on the device budget; a candidate still
-   running after `--warm-s` is reported hung and not timed; `--tiles tiles.json`
-   uses them, after validating them (step 1) on every case; if any check fails the shipped tiles are
-   used instead.
+   running after `--warm-s` is reported hung and not timed. `--tiles tiles.json` uses the fastest,
+   after validating them (step 1) on every case; if any check fails the shipped tiles are used instead.
 1. Validate: ours vs `attention_ref` in float64 on odd shapes (N = 1000 and 777, GQA, causal and not),
    outputs and all three gradients, with the tests' rule (error <= 2x the reference-in-bf16 error +
    atol). Timing only runs when validation passes (a fast wrong kernel is not a result).

@@ -242,7 +242,8 @@ _GL_DTYPES = {torch.float16: ("float16", "fp16"), torch.bfloat16: ("bfloat16", "
 
 
 def _smem_layout(dtype: torch.dtype, rows: int, head_dim: int):
-    """The swizzled shared-memory layout of a [1, rows, head_dim] TMA block (what wgmma reads)."""
+    """The (swizzled where the row is wide enough) shared-memory layout of a [1, rows, head_dim] TMA block
+    (what wgmma reads)."""
     return gl.NVMMASharedLayout.get_default_for([1, rows, head_dim], getattr(gl, _GL_DTYPES[dtype][0]))
 
 

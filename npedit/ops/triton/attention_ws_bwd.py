@@ -45,7 +45,7 @@ import torch
 import triton
 
 from npedit.ops.triton.attention_bwd import _causal_query_ranges, _key_tile_program
-from npedit.ops.triton.attention_ws import NEW_WS_API, _ws_tile, gluon, strides_fit, ws_descriptor
+from npedit.ops.triton.attention_ws import NEW_WS_API, _smem_layout, _ws_tile, gluon, strides_fit, ws_descriptor
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
@@ -319,14 +319,10 @@ def row_stats_buffers(lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _row_stats_descriptor(t: torch.Tensor, rows: int) -> "GluonTensorDescriptor":
-    """lse or delta [B, H, S] fp32 (from `row_stats_buffers`) -> a descriptor with blocks [1, 1, rows]."""
-    layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows], gl.float32)
-    return GluonTensorDescriptor.from_tensor(t, [1, 1, rows], layout)
-
-
-def row_stats_descriptor_signature(rows: int) -> str:
-    """The kernel-signature type of `_row_stats_descriptor`'s result, for compiling without a GPU."""
-    return f"tensordesc<fp32[1,1,{rows}],{gl.NVMMASharedLayout.get_default_for([1, 1, rows], gl.float32)!r}>"
+    """lse or delta [B, H, S] fp32 (from `row_stats_buffers`) -> a descriptor with blocks [1, 1, rows]
+    (the layout of a `ws_descriptor` block of 1 row and `rows` columns; its kernel-signature type is
+    `descriptor_signature(torch.float32, 1, rows)`)."""
+    return GluonTensorDescriptor.from_tensor(t, [1, 1, rows], _smem_layout(torch.float32, 1, rows))
 
 
 def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, qk_scale: float, sm_scale: float,
@@ -334,8 +330,8 @@ def attention_bwd_ws(q4, k4, v4, do4, lse, delta, dq32, dk4, dv4, causal: bool, 
                      dq_tma: bool = False) -> None:
     """Fill dk4, dv4 (like k4, v4) and, unless dq32 is None, add dQ into dq32 (fp32 [B, Sq, Hq, D], zeroed
     by the caller; None: the caller runs a dQ pass) from q4 [B, Sq, Hq, D], k4 / v4 [B, Sk, Hk, D], do4
-    (like q4), lse / delta [B, Hq, Sq] fp32 from `row_stats_buffers` (inputs must pass `ws_bwd_fits`). BLOCK_N keys per program,
-    16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight;
+    (like q4), lse / delta [B, Hq, Sq] fp32 from `row_stats_buffers` (inputs must pass `ws_bwd_fits`).
+    BLOCK_N keys per program, 16 per warp of the compute partition; BLOCK_M query rows per step; num_stages Q / dO tiles in flight;
     dq_tma: dQ added by one TMA reduction per step instead of atomics (needs a contiguous dq32)."""
     batch, seqlen_q, num_heads, _ = q4.shape
     seqlen_k, num_kv_heads = k4.shape[1], k4.shape[2]
