@@ -121,12 +121,10 @@ def build_models(cfg: Config, words: list[str] | None = None, student_side: bool
 
 
 def set_checkpointing(model: nn.Module, mode: str) -> None:
-    """Activation checkpointing of a student or critic: built-in FlowDiT (none|full|selective) or a
-    diffusers editor (whole-block checkpointing for full and selective)."""
+    """Activation checkpointing (none|full|selective) of a student or critic: a built-in FlowDiT or a
+    diffusers editor (`DiffusersEditor.set_checkpointing`), per block."""
     if hasattr(model, "set_checkpointing"):
         model.set_checkpointing(mode)
-        if mode == "none":
-            model.transformer.disable_gradient_checkpointing()
     else:
         model.checkpointing = mode
 

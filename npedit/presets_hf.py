@@ -3,9 +3,9 @@
 - `sd35_qwen25vl`: Stable Diffusion 3.5 medium (2.5B MMDiT, the closest public analogue of the
   paper's 2B DiT) as student, real score and fake score; Qwen2.5-VL-7B-Instruct as the judge.
 - `flux_llava_ov`: FLUX.1-dev (12B) as student and scores; LLaVA-OneVision-7B (the paper's judge).
-Both train at 512 px in bf16 under ZeRO-3 with activation checkpointing, the NP-Edit defaults of
-METHOD.md (4-step student, DMD + VLM loss, 5 critic updates, AdamW 2e-5 with betas (0, 0.9), clip 2)
-and a 5k-step reference-copy warm-up. Data is a JSONL manifest: set data.manifest. Commands are in
+Both train at 512 px in bf16 under ZeRO-3 with selective activation checkpointing, the NP-Edit
+defaults of METHOD.md (4-step student, DMD + VLM loss, 5 critic updates, AdamW 2e-5 with betas
+(0, 0.9), clip 2) and a 5k-step reference-copy warm-up. Data is a JSONL manifest: set data.manifest. Commands are in
 README.md ("Training on real models"); any field can be changed with --set.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _train() -> TrainConfig:
 def sd35_qwen25vl() -> Config:
     """SD3.5-medium student + Qwen2.5-VL-7B judge; 8 GPUs x 2 images per step."""
     return Config(
-        student=StudentConfig(pretrained="stabilityai/stable-diffusion-3.5-medium", checkpointing="full"),
+        student=StudentConfig(pretrained="stabilityai/stable-diffusion-3.5-medium", checkpointing="selective"),
         text=TextConfig(max_length=256),                       # T5 tokens, as StableDiffusion3Pipeline
         vlm=VLMConfig(pretrained="Qwen/Qwen2.5-VL-7B-Instruct", image_size=448),  # 256 image tokens
         data=DataConfig(kind="manifest", manifest=MANIFEST, image_size=512, batch_size=2),
@@ -52,7 +52,7 @@ def flux_llava_ov() -> Config:
     FLUX.1-dev is guidance-distilled: the scores use its embedded guidance (student.guidance=3.5) and
     no extra classifier-free guidance (cfg_scale 1)."""
     return Config(
-        student=StudentConfig(pretrained="black-forest-labs/FLUX.1-dev", checkpointing="full", guidance=3.5),
+        student=StudentConfig(pretrained="black-forest-labs/FLUX.1-dev", checkpointing="selective", guidance=3.5),
         text=TextConfig(max_length=512),                       # T5 tokens, as FluxPipeline
         vlm=VLMConfig(pretrained="llava-hf/llava-onevision-qwen2-7b-ov-hf"),  # 384 px tiles (its own size)
         data=DataConfig(kind="manifest", manifest=MANIFEST, image_size=512, batch_size=1),

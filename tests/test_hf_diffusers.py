@@ -177,3 +177,42 @@ def test_teacher_of_another_family_is_refused(folders):
     with pytest.raises(ConfigError, match="student.teacher"):
         DiffusersStudentSpec(str(folders["sd3"]), str(folders["flux"]), image_size=32, max_length=MAX_LEN,
                              guidance=3.5)
+
+
+@pytest.mark.parametrize("attention", ["npedit", "sdpa"])
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_selective_checkpointing_keeps_the_blocks_attention(folders, family, attention):
+    """Every transformer block of a diffusers student is checkpointed in the run's mode: the three modes
+    give the same gradients; full re-runs every attention forward in backward, selective none, and keeps
+    exactly the attention outputs (and LSE) beyond what full keeps, with npedit's processors or
+    diffusers' own SDPA ones."""
+    from npedit.ops.checkpoint import CHECKPOINT_MODES, AttentionCalls
+    from npedit.ops.memory import SavedTensorCounter
+
+    folder = str(folders[family])
+    spec = DiffusersStudentSpec(folder, "", image_size=32, max_length=MAX_LEN, guidance=3.5, attention=attention)
+    editor = spec.load_transformer(folder, torch.float32, None)
+    diffusion = spec.diffusion(spec.load_frozen(torch.float32, None))
+    x, ref, t = _randn(1, 4, 8, 8), _randn(1, 4, 8, 8, seed=1), torch.tensor([0.6])
+    cond = diffusion.encode_text(PROMPTS[:1])
+    params = [p for p in editor.parameters() if p.requires_grad]
+    grads, saved, forward, reruns = {}, {}, {}, {}
+    for mode in CHECKPOINT_MODES:
+        editor.set_checkpointing(mode)
+        x_in = x.clone().requires_grad_(True)
+        with SavedTensorCounter() as counter, AttentionCalls() as calls:
+            out = diffusion.velocity(editor, x_in, t, cond, ref)  # student mode: target + reference tokens
+        saved[mode], forward[mode] = counter.saved_bytes(exclude=out), calls
+        with AttentionCalls() as calls:
+            grads[mode] = torch.autograd.grad(out.square().sum(), [x_in, *params])
+        reruns[mode] = calls.calls
+        del out
+    editor.set_checkpointing("none")
+    blocks = forward["none"].calls
+    assert blocks >= 2 and all(forward[mode].calls == blocks for mode in CHECKPOINT_MODES)
+    assert reruns == {"none": 0, "full": blocks, "selective": 0}
+    for mode in ("full", "selective"):
+        for a, b in zip(grads["none"], grads[mode]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert saved["selective"] == saved["full"] + forward["selective"].output_bytes
+    assert saved["none"] > saved["selective"] > saved["full"]

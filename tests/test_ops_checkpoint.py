@@ -3,10 +3,9 @@ the fused ops (same loss curve with NPEDIT_OPS=triton and =ref)."""
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from npedit import ops
-from npedit.ops.checkpoint import CHECKPOINT_MODES, attention_ops, checkpointed
+from npedit.ops.checkpoint import CHECKPOINT_MODES, AttentionCalls, checkpointed
 from npedit.ops.memory import SavedTensorCounter, saved_tensor_bytes
 
 
@@ -28,17 +27,6 @@ class Block(nn.Module):
         return x + self.mlp(x)
 
 
-class CountAttention(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-        self.ops = set(attention_ops())
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func in self.ops
-        return func(*args, **(kwargs or {}))
-
-
 def _unroll(block, x, cond, mode, steps=2):
     for _ in range(steps):  # the student's passes: gradients flow through every step
         x = checkpointed(block, x, cond, mode=mode)
@@ -54,7 +42,7 @@ def test_modes_give_equal_gradients_and_selective_never_reruns_attention(monkeyp
     grads, reruns = {}, {}
     for mode in CHECKPOINT_MODES:
         out = _unroll(block, x, cond, mode)
-        counter = CountAttention()
+        counter = AttentionCalls()
         with counter:
             grads[mode] = torch.autograd.grad(out.square().mean(), [x, *block.parameters()])
         reruns[mode] = counter.calls
@@ -103,7 +91,7 @@ def test_selective_tolerates_ops_that_differ_between_forward_and_recompute(monke
     block.available = True                    # forward: already gathered (prefetched)
     out = _unroll(block, x, cond, "selective")
     block.available = False                   # recompute: gathered again
-    counter = CountAttention()
+    counter = AttentionCalls()
     with counter:
         grads = torch.autograd.grad(out.square().mean(), [x, *block.parameters()], retain_graph=True)
     assert counter.calls == 0

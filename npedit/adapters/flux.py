@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npedit.adapters.diffusers_editor import DiffusersEditor
+
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] -> [B, (h/2)(w/2), 4C] (FluxPipeline._pack_latents)."""
@@ -40,23 +42,14 @@ def image_ids(h: int, w: int, frame: int, device, dtype=torch.float32) -> torch.
     return ids.reshape(-1, 3)
 
 
-class FluxEditor(nn.Module):
+class FluxEditor(DiffusersEditor):
     """forward(x_t [B,C,h,w], t [B] in [0,1], tokens [B,L,D], pooled [B,P], ref [B,C,h,w] | None) -> v [B,C,h,w]."""
 
     family = "flux"
 
     def __init__(self, transformer: nn.Module, guidance: float = 3.5):
-        super().__init__()
-        self.transformer = transformer
+        super().__init__(transformer)
         self.guidance = float(guidance)
-
-    @property
-    def config(self):
-        return self.transformer.config
-
-    def set_checkpointing(self, mode: str) -> None:
-        if mode != "none":
-            self.transformer.enable_gradient_checkpointing()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor,
                 ref: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,26 +15,14 @@ noisy timestep (as in FLUX Kontext), not a clean one.
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from npedit.adapters.diffusers_editor import DiffusersEditor
 
 
-class SD3Editor(nn.Module):
+class SD3Editor(DiffusersEditor):
     """forward(x_t [B,C,h,w], t [B] in [0,1], tokens [B,L,D], pooled [B,P], ref [B,C,h,w] | None) -> v [B,C,h,w]."""
 
     family = "sd3"
-
-    def __init__(self, transformer: nn.Module):
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def config(self):
-        return self.transformer.config
-
-    def set_checkpointing(self, mode: str) -> None:
-        """none | full | selective (diffusers students checkpoint whole blocks for both)."""
-        if mode != "none":
-            self.transformer.enable_gradient_checkpointing()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor,
                 ref: torch.Tensor | None = None) -> torch.Tensor:
