@@ -121,8 +121,9 @@ def build_models(cfg: Config, words: list[str] | None = None, student_side: bool
 
 
 def set_checkpointing(model: nn.Module, mode: str) -> None:
-    """Activation checkpointing (none|full|selective) of a student or critic: a built-in FlowDiT or a
-    diffusers editor (`DiffusersEditor.set_checkpointing`), per block."""
+    """Activation checkpointing (none|full|selective), per block, of a student or critic (a built-in
+    FlowDiT or a diffusers editor: `DiffusersEditor.set_checkpointing`) or a judge (the built-in TinyVLM
+    or a transformers `JudgeModule`)."""
     if hasattr(model, "set_checkpointing"):
         model.set_checkpointing(mode)
     else:
@@ -131,12 +132,11 @@ def set_checkpointing(model: nn.Module, mode: str) -> None:
 
 def set_run_checkpointing(student: nn.Module, fake: nn.Module, vlm: nn.Module | None, mode: str) -> None:
     """One mode for the trained networks (the student's unroll, the critic's update) and the frozen
-    blocks of `vlm`, the built-in TinyVLM judge (None for other judges): it changes what backward keeps,
-    never a value or a gradient (npedit plan models the same)."""
-    set_checkpointing(student, mode)
-    set_checkpointing(fake, mode)
-    if vlm is not None:
-        vlm.checkpointing = mode
+    judge `vlm` the student loss backpropagates through (None: set later): it changes what backward
+    keeps, never a value or a gradient (npedit plan models the same)."""
+    for model in (student, fake, vlm):
+        if model is not None:
+            set_checkpointing(model, mode)
 
 
 def _builtin_judge(cfg: Config, words: list[str]) -> tuple[nn.Module, WordTokenizer]:
@@ -261,7 +261,11 @@ class ModelPlan:
             # large critics need it as much as the unrolled student; a built-in judge got it in build_models
             set_run_checkpointing(student, fake, None, cfg.student.checkpointing)
             frozen.update(spec.load_frozen(bf16, zero3))
-        frozen["vlm"] = b.vlm if self.judge_spec is None else self.judge_spec.build(bf16, zero3)
+        if self.judge_spec is None:
+            frozen["vlm"] = b.vlm
+        else:   # frozen, with grad in the student loss: its layers in the run's mode too
+            frozen["vlm"] = self.judge_spec.build(bf16, zero3)
+            set_checkpointing(frozen["vlm"], cfg.student.checkpointing)
         return RunModels(student, real, fake, frozen, plain, self)
 
     def networks(self, modules: dict[str, nn.Module]) -> tuple[Any, Any]:

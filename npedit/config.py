@@ -33,7 +33,9 @@ class StudentConfig:
     depth: int = 4
     heads: int = 4
     patch_size: int = 2
-    checkpointing: str = "none"   # none | full | selective: activation checkpointing across the unroll
+    # none | full | selective: activation checkpointing per block of the student's unroll, the critic's
+    # update and the frozen judge in the student loss (`npedit.ops.checkpoint`)
+    checkpointing: str = "none"
     attention: str = "npedit"     # diffusers students: npedit (the fused op's processors) | sdpa (diffusers' own)
     reference_skip: bool = False  # built-in DiT only: also feed the reference by a zero-init channel skip (dit.py)
 

@@ -258,3 +258,37 @@ def test_judge_whose_tokenizer_splits_yes_is_a_clear_error(tmp_path):
     folder = save_qwen_vl(tmp_path / "split", answer_words=("No",))
     with pytest.raises(ConfigError, match="splits the answer 'Yes' into 3 tokens"):
         HFJudgeSpec(str(folder), image_size=56)
+
+
+@pytest.mark.parametrize("name", VLM_FAMILIES)
+def test_layer_checkpointing_of_the_judge(judges, name):
+    """The judge in the student loss with its vision blocks and decoder layers checkpointed: the three
+    modes give the same losses and image gradient; full re-runs in backward the attention forwards that
+    had grad (the edited images' vision blocks, every LM layer; not the references'), selective none;
+    full keeps less for backward than none, and selective exactly those attentions' outputs more."""
+    from npedit.ops.checkpoint import CHECKPOINT_MODES, AttentionCalls
+    from npedit.ops.memory import SavedTensorCounter
+
+    judge = judges[name]
+    edited, refs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.rand(2, 3, 32, 32)
+    losses, grads, saved, forward, backward = {}, {}, {}, {}, {}
+    try:
+        for mode in CHECKPOINT_MODES:
+            judge.module.set_checkpointing(mode)
+            image = edited.clone().requires_grad_(True)
+            with SavedTensorCounter() as counter, AttentionCalls() as forward[mode]:
+                out = judge.answer_losses(QUESTIONS, image, refs, scale=0.5)
+            saved[mode] = counter.saved_bytes(exclude=out)
+            with AttentionCalls() as backward[mode]:
+                (grads[mode],) = torch.autograd.grad(out.sum(), [image])
+            losses[mode] = out.detach()
+            del out
+    finally:
+        judge.module.set_checkpointing("none")
+    reruns = {mode: calls.calls for mode, calls in backward.items()}
+    assert 0 < reruns["full"] < forward["full"].calls and reruns["none"] == reruns["selective"] == 0
+    for mode in ("full", "selective"):
+        torch.testing.assert_close(losses[mode], losses["none"], rtol=0, atol=0)
+        torch.testing.assert_close(grads[mode], grads["none"], rtol=1e-6, atol=1e-7)
+    assert saved["none"] > saved["full"]
+    assert saved["selective"] == saved["full"] + backward["full"].output_bytes

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from npedit import ops
+from npedit.adapters.hf_checkpointing import set_layer_checkpointing
 from npedit.adapters.select import VLM_FAMILIES, detect_vlm, read_json
 from npedit.adapters.vlm_families import FAMILY_CLASSES, VLMFamily
 from npedit.config import ConfigError
@@ -201,6 +202,11 @@ class JudgeModule(nn.Module):
 
         for param in family.external_parameters(vlm):
             deepspeed.zero.register_external_parameter(self, param)  # used here, outside their modules' forward
+
+    def set_checkpointing(self, mode: str) -> None:
+        """none | full | selective, per layer of the VLM (vision blocks, LM decoder layers) while it runs
+        with grad: `npedit.adapters.hf_checkpointing`."""
+        set_layer_checkpointing(self.vlm, mode)
 
     @property
     def answer_head(self) -> nn.Module:

@@ -50,10 +50,10 @@ def attention_ops() -> tuple:
 
 class AttentionCalls(TorchDispatchMode):
     """Counts, in a region, the calls of the ops selective checkpointing keeps (`attention_ops`) and the
-    bytes of their tensor outputs. Around a forward: how many attentions it ran, and what selective
-    checkpointing keeps beyond full; around a backward: how many attention forwards it re-ran (0 under
-    "none" and "selective"). A model whose attention is neither npedit's op nor SDPA shows 0 calls:
-    selective checkpointing then recomputes its attention like "full"."""
+    bytes of their tensor outputs. Around a forward with grad: how many attentions it ran, and what
+    selective checkpointing keeps beyond full; around a backward: how many attention forwards it re-ran
+    (0 under "none" and "selective"). A model whose attention is neither npedit's op nor SDPA shows 0
+    calls: selective checkpointing then recomputes its attention like "full"."""
 
     def __init__(self):
         super().__init__()

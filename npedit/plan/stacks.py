@@ -6,8 +6,8 @@
   weights, gradients and AdamW states; frozen models in the run's precision);
 - npedit: fused ops, the configured activation checkpointing (`student.checkpointing`) of the student
   and of the fake score (the critic update trains it on the same tokens), per-block checkpointing of
-  the frozen built-in judge in the student loss (`TinyVLM.checkpointing`), the answer loss on the
-  answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the trainable
+  the frozen judge in the student loss in the same mode (`TinyVLM.checkpointing`,
+  `JudgeModule.set_checkpointing`), the answer loss on the answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the trainable
   engines, ZeRO-3 for the frozen ones).
 """
 from __future__ import annotations
@@ -38,16 +38,21 @@ STACKS = {"plain": PLAIN, "npedit": NPEDIT}
 
 
 def judge_vlm(judge) -> nn.Module | None:
-    """The built-in judge's TinyVLM (None for other judges)."""
+    """The judge adapter's network whose blocks the run's checkpointing sets: the built-in judge's TinyVLM
+    or a transformers judge's JudgeModule (None for other judges, e.g. the plain stack's)."""
+    from npedit.adapters.hf_judge import JudgeModule
     from npedit.models.vlm import TinyVLM
 
-    vlm = getattr(judge, "vlm", None)
-    vlm = getattr(vlm, "module", vlm)
-    return vlm if isinstance(vlm, TinyVLM) else None
+    for name in ("vlm", "module"):
+        net = getattr(judge, name, None)
+        net = getattr(net, "module", net)                               # a DeepSpeed engine's module
+        if isinstance(net, (TinyVLM, JudgeModule)):
+            return net
+    return None
 
 
 def set_run_checkpointing(sn, mode: str) -> None:
-    """`npedit.build.set_run_checkpointing` on a StepNetworks: student, fake score, built-in judge."""
+    """`npedit.build.set_run_checkpointing` on a StepNetworks: student, fake score, judge."""
     set_models_checkpointing(sn.student, sn.fake, judge_vlm(sn.nets.judge), mode)
 
 
