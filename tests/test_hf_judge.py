@@ -292,3 +292,33 @@ def test_layer_checkpointing_of_the_judge(judges, name):
         torch.testing.assert_close(grads[mode], grads["none"], rtol=1e-6, atol=1e-7)
     assert saved["none"] > saved["full"]
     assert saved["selective"] == saved["full"] + backward["full"].output_bytes
+
+
+def test_patch_projection_is_the_qwen_patch_convolution():
+    """Qwen's patch embedding (Conv3d, kernel = stride = one patch) as a matmul: same output and pixel
+    gradient as the convolution, the same parameter; anything but a one-kernel input is refused."""
+    from npedit.adapters.vlm_families import PatchProjection
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 24, kernel_size=(2, 14, 14), stride=(2, 14, 14), bias=False)
+    proj = PatchProjection(conv)
+    assert proj.weight is conv.weight
+    x = torch.randn(37, 3, 2, 14, 14, requires_grad=True)
+    out = proj(x)
+    expected = conv(x)
+    assert out.shape == expected.shape == (37, 24, 1, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(expected, x, g)[0],
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one kernel"):
+        proj(torch.randn(2, 3, 2, 28, 14))
+    with pytest.raises(ValueError, match="kernel = stride"):
+        PatchProjection(torch.nn.Conv3d(3, 8, kernel_size=3, stride=1))
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_judges_embed_patches_by_matmul(judges, name):
+    from npedit.adapters.vlm_families import PatchProjection
+
+    assert isinstance(judges[name].module.vlm.model.visual.patch_embed.proj, PatchProjection)

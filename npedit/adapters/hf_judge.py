@@ -195,6 +195,7 @@ class JudgeModule(nn.Module):
         super().__init__()
         self.vlm = vlm
         self.family = family
+        family.prepare(vlm)
         self.answer = AnswerHead(vlm.get_output_embeddings())
         if type(vlm.get_input_embeddings()) is nn.Embedding:   # a plain table (no scaling subclass)
             vlm.set_input_embeddings(RowEmbedding(vlm.get_input_embeddings()))

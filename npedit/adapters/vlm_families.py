@@ -69,6 +69,30 @@ class VLMFamily:
         """Parameters the judge reads outside their own module's forward (besides the LM head)."""
         return []
 
+    def prepare(self, model: nn.Module) -> None:
+        """Changes to the loaded model that keep its function (before any engine wraps it)."""
+
+
+class PatchProjection(nn.Module):
+    """A convolution whose kernel is its stride, on inputs of exactly one kernel each, as the matmul it
+    is: x [N, C, *kernel] -> [N, E, 1, ...] = W [E, C * prod(kernel)] x_flat (+ bias). It keeps the
+    convolution's parameters (ZeRO-3 partitions included). Same values as the convolution up to the
+    order of the sums; without it, the CPU (oneDNN) Conv3d backward to the pixels keeps buffers of about
+    7x the pixels that no tensor shows."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        if tuple(conv.kernel_size) != tuple(conv.stride) or any(conv.padding) or conv.groups != 1:
+            raise ValueError(f"PatchProjection needs a convolution with kernel = stride, no padding, one group; got {conv}")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.kernel_size = tuple(conv.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != self.kernel_size:
+            raise ValueError(f"PatchProjection takes one kernel {self.kernel_size} per row, got {tuple(x.shape)}")
+        out = nn.functional.linear(x.flatten(1), self.weight.flatten(1), self.bias)       # [N, E]
+        return out.view(out.shape[0], out.shape[1], *([1] * len(self.kernel_size)))
+
 
 class QwenVL(VLMFamily):
     """Qwen2-VL and Qwen2.5-VL: patches of 14 px merged 2x2, 3-D RoPE positions (`image_grid_thw`)."""
@@ -92,6 +116,11 @@ class QwenVL(VLMFamily):
 
     def pixels(self, images):
         return pre.qwen_pixels(images, self.size, self.mean, self.std, self.patch, self.temporal, self.merge)
+
+    def prepare(self, model):
+        # the patch embedding's Conv3d (kernel = stride = one whole [C, T, P, P] patch) is a matmul
+        embed = model.model.visual.patch_embed
+        embed.proj = PatchProjection(embed.proj)
 
     def image_features(self, model, pixels):
         out = model.model.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"])
