@@ -5,8 +5,8 @@
 - `flux_llava_ov`: FLUX.1-dev (12B) as student and scores; LLaVA-OneVision-7B (the paper's judge).
 Both train at 512 px in bf16 under ZeRO-3 with selective activation checkpointing, the NP-Edit
 defaults of METHOD.md (4-step student, DMD + VLM loss, 5 critic updates, AdamW 2e-5 with betas
-(0, 0.9), clip 2) and a 5k-step reference-copy warm-up. Data is a JSONL manifest: set data.manifest. Commands are in
-README.md ("Training on real models"); any field can be changed with --set.
+(0, 0.9), clip 2) and a 5k-step reference-copy warm-up. Data is a JSONL manifest: set data.manifest.
+Commands are in README.md ("Training on real models"); any field can be changed with --set.
 """
 from __future__ import annotations
 

@@ -86,8 +86,8 @@ def test_edit_cli_rebuilds_a_diffusers_student_from_its_export(one_process, tmp_
 def test_two_ranks_zero3_shard_every_network_and_pass_vlm_gradients(fixtures, tmp_path):
     """World 2, ZeRO-3 (no persistent parameters): each rank holds half of every network from loading on;
     the student's step-2 loss is the VLM term alone, so a non-zero gradient norm is the judge's gradient
-    through the ZeRO-3 VLM and VAE; both ranks end with the same student. The student's blocks are
-    selectively checkpointed, so their recompute gathers ZeRO-3 weights again."""
+    through the ZeRO-3 VLM and VAE; both ranks end with the same student. The student's blocks and the
+    judge's layers are selectively checkpointed, so their recompute gathers ZeRO-3 weights again."""
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), WORKER,
          str(tmp_path), str(fixtures), ",".join(PAIRS), "method.dmd_weight=0.0", "method.nothing_weight=0.0",
          "method.vlm_weight=1.0", "student.checkpointing=selective"], timeout=1200)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from npedit.ops.checkpoint import CHECKPOINT_MODES, block_checkpoint_function
+from npedit.ops.checkpoint import block_checkpoint_function, check_mode
 
 
 class DiffusersEditor(nn.Module):
@@ -25,8 +25,7 @@ class DiffusersEditor(nn.Module):
         each block in backward, "selective" too but keeps its attention outputs and LSE, so backward
         never re-runs an attention forward (`npedit.ops.checkpoint`; the attention must run through
         npedit's processors or SDPA, see `npedit.adapters.diffusers_attention`)."""
-        if mode not in CHECKPOINT_MODES:
-            raise ValueError(f"checkpoint mode must be one of {CHECKPOINT_MODES}, got {mode!r}")
+        check_mode(mode)
         if mode == "none":
             self.transformer.disable_gradient_checkpointing()
         else:

@@ -18,11 +18,10 @@ their weights again in the recompute through their own hooks.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 from torch import nn
 
-from npedit.ops.checkpoint import CHECKPOINT_MODES, checkpointed
+from npedit.ops.checkpoint import block_checkpoint_function, check_mode
 
 
 def checkpoint_layers(model: nn.Module) -> list[nn.Module]:
@@ -34,22 +33,12 @@ def checkpoint_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in found if id(m) not in inner]
 
 
-def _checkpointed_forward(forward: Callable, mode: str) -> Callable:
-    @functools.wraps(forward)
-    def run(*args, **kwargs):
-        fn = functools.partial(forward, **kwargs) if kwargs else forward
-        return checkpointed(fn, *args, mode=mode)
-
-    return run
-
-
 def set_layer_checkpointing(model: nn.Module, mode: str) -> int:
     """Checkpoint every transformer layer of `model` in `mode` (none | full | selective); -> layers set."""
-    if mode not in CHECKPOINT_MODES:
-        raise ValueError(f"checkpoint mode must be one of {CHECKPOINT_MODES}, got {mode!r}")
+    check_mode(mode)
     layers = checkpoint_layers(model)
     for layer in layers:
         layer.__dict__.pop("forward", None)                       # back to the class's forward
-        if mode != "none":
-            layer.forward = _checkpointed_forward(type(layer).forward.__get__(layer), mode)
+        if mode != "none":   # the class's forward, bound, run through the shared block checkpointing
+            layer.forward = functools.partial(block_checkpoint_function(mode), layer.forward)
     return len(layers)

@@ -126,10 +126,15 @@ def selective_contexts(extra_save_ops: Iterable = ()) -> tuple[TorchDispatchMode
     return _KeepOutputs(save, kept), _ReuseOutputs(save, kept)
 
 
-def checkpointed(fn: Callable, *args, mode: str = "none"):
-    """Run fn(*args) under the given checkpointing mode (only when grad is enabled)."""
+def check_mode(mode: str) -> None:
+    """Raise (ValueError) unless mode is one of CHECKPOINT_MODES."""
     if mode not in CHECKPOINT_MODES:
         raise ValueError(f"checkpoint mode must be one of {CHECKPOINT_MODES}, got {mode!r}")
+
+
+def checkpointed(fn: Callable, *args, mode: str = "none"):
+    """Run fn(*args) under the given checkpointing mode (only when grad is enabled)."""
+    check_mode(mode)
     if mode == "none" or not torch.is_grad_enabled():
         return fn(*args)
     if mode == "selective":
@@ -138,14 +143,14 @@ def checkpointed(fn: Callable, *args, mode: str = "none"):
 
 
 def block_checkpoint_function(mode: str) -> Callable:
-    """diffusers' `gradient_checkpointing_func` (`ModelMixin.enable_gradient_checkpointing`) for `mode`
-    ("full" or "selective"): (block, *args) -> block(*args) run by `checkpointed`. diffusers calls it for
-    each transformer block while grad is enabled."""
+    """(block, *args, **kwargs) -> block(*args, **kwargs) run by `checkpointed` in `mode` ("full" or
+    "selective"), for any callable block: diffusers' `gradient_checkpointing_func`
+    (`ModelMixin.enable_gradient_checkpointing`), which diffusers calls for each transformer block while
+    grad is enabled, and a transformers layer's forward (`npedit.adapters.hf_checkpointing`)."""
     if mode not in ("full", "selective"):
         raise ValueError(f"a block checkpoint function is for 'full' or 'selective', got {mode!r}")
 
-    def run_block(block: torch.nn.Module, *args, **kwargs):
-        fn = functools.partial(block.__call__, **kwargs) if kwargs else block.__call__
-        return checkpointed(fn, *args, mode=mode)
+    def run_block(block: Callable, *args, **kwargs):
+        return checkpointed(functools.partial(block, **kwargs) if kwargs else block, *args, mode=mode)
 
     return run_block

@@ -7,8 +7,8 @@
 - npedit: fused ops, the configured activation checkpointing (`student.checkpointing`) of the student
   and of the fake score (the critic update trains it on the same tokens), per-block checkpointing of
   the frozen judge in the student loss in the same mode (`TinyVLM.checkpointing`,
-  `JudgeModule.set_checkpointing`), the answer loss on the answer position only, every model sharded by DeepSpeed ZeRO (train.zero_stage for the trainable
-  engines, ZeRO-3 for the frozen ones).
+  `JudgeModule.set_checkpointing`), the answer loss on the answer position only, every model sharded
+  by DeepSpeed ZeRO (train.zero_stage for the trainable engines, ZeRO-3 for the frozen ones).
 """
 from __future__ import annotations
 
