@@ -395,7 +395,7 @@ def attention_fwd(q, k, v, causal: bool, softmax_scale: float, cu_seqlens_q=None
         if not varlen and ws_fits(q4, k4, v4, interpreting()):
             attention_fwd_ws(q4, k4, v4, o4, lse, causal, softmax_scale * LOG2E, BLOCK_M=cfg["BLOCK_M"],
                              BLOCK_N=cfg["BLOCK_N"], NUM_STAGES=cfg["num_stages"])
-            return out, lse
+            return out.to(q.dtype), lse  # (a no-op on the GPU; simulated on the CPU, out is fp32 for bf16)
         cfg = _default_fwd_tiles(padded_head_dim(head_dim), q.dtype)  # out of its scope: the pointer kernel
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), num_seqs * num_heads)
     if tma and not varlen and tma_loads_fit(q4, k4, v4, o4):
