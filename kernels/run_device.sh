@@ -107,8 +107,9 @@ if [ "$PRETRAIN_S" -gt 0 ]; then
     if [ "${PRETRAIN_ALONE:-0}" = "1" ]; then wait_pretraining; fi
 fi
 has "$STAGES" build && stage csrc_build 240 env NPEDIT_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=4 $PY setup.py build_ext --inplace
-# the Gluon kernels have never run, and a wrong mbarrier protocol hangs rather than fails: one short
-# check of each first, each in its own process; after a failure the sweeps leave its candidates out,
+# the Gluon kernels have never run on a GPU (only in the CPU simulator, tests/test_gluon_sim.py), and a
+# wrong mbarrier protocol hangs rather than fails: one short check of each first, each in its own
+# process; after a failure the sweeps leave its candidates out,
 # after a hang (timeout) the GPU tests skip it too (the dQ-by-TMA mode alone: only its own tests)
 WS_TESTS=(tests/test_ops_attention_ws.py tests/test_ops_attention_ws_bwd.py); NOT_K=""; SKIP=""
 if has "$STAGES" tests || has "$STAGES" attention; then

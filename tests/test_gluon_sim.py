@@ -25,9 +25,10 @@ from npedit.ops.triton.gluon_sim import POLICIES, Deadlock, SimError, simulated_
 
 LOG2E = 1.4426950408889634
 TOL = {torch.bfloat16: (4e-3, 1e-2), torch.float16: (1e-3, 2e-3)}  # (atol, rtol): the GPU tests' values
-# (batch, Sq, Sk, Hq, Hk, head dim, causal): odd tails, GQA, Sq > Sk causal, one query, both head dims
-CASES = [(2, 77, 200, 4, 2, 64, False), (1, 200, 77, 2, 1, 128, True), (1, 1, 300, 2, 2, 64, True),
-         (1, 130, 130, 2, 1, 128, True)]
+# (batch, Sq, Sk, Hq, Hk, head dim, causal): odd tails, GQA, Sq > Sk causal (at 300 / 50 a whole
+# 128-row query tile sees no key: the forward's programs with no key tile), one query, both head dims
+CASES = [(2, 77, 200, 4, 2, 64, False), (1, 200, 77, 2, 1, 128, True), (1, 300, 50, 2, 1, 64, True),
+         (1, 1, 300, 2, 2, 64, True), (1, 130, 130, 2, 1, 128, True)]
 DQ_MODES = ("atomics", "tma", "pass")
 
 

@@ -1,8 +1,9 @@
 """The warp-specialised Gluon backward (npedit/ops/triton/attention_ws_bwd.py, `NPEDIT_ATTN_BWD=ws`).
 
 Gluon has no CPU interpreter, so on the CPU the kernel is compiled for sm_90 (ptxas, no GPU needed)
-and its resources checked; its numerics are checked on a GPU (`test_warp_specialised_backward_cuda`
-below and `test_ops_attention.py`'s GPU tests). Off sm_90 the variant must run the split backward and
+and its resources checked here, and run by the Gluon simulator in `test_gluon_sim.py`; on a GPU its
+numerics are checked by `test_warp_specialised_backward_cuda` below and `test_ops_attention.py`'s GPU
+tests. Off sm_90 the variant must run the split backward and
 give its results.
 """
 import json

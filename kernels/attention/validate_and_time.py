@@ -272,7 +272,8 @@ def validate(atol: float = 4e-3, rtol: float = 1e-2, head_dims=(64, 96, 128, 256
     return rows
 
 
-# the Gluon kernels (never run before a GPU session; a wrong mbarrier protocol hangs rather than fails):
+# the Gluon kernels (never run on a GPU before, only in the CPU simulator; a wrong mbarrier protocol
+# hangs rather than fails):
 # each alone, the other kernels at their defaults. name -> (environment, dK/dV tile override at hd128)
 SMOKE = {"ws-fwd": ({"NPEDIT_ATTN_FWD": "ws"}, None),
          "ws-bwd": ({"NPEDIT_ATTN_BWD": "ws"}, None),

@@ -18,10 +18,11 @@ scope; the launcher uses the Triton kernels for everything else, under the inter
 before sm_90. Outputs match `_attention_fwd_kernel`: out [B, Sq, Hq, D], lse [B, Hq, Sq] (natural
 log); a query row that sees no key gets out = 0 and lse = -inf.
 
-There is no CPU interpreter for Gluon: this kernel is checked by `kernels/compile_check.py`
-(lowered for sm_90 through ptxas) on the CPU, and for numerics only on a GPU
-(the gpu-marked tests of `tests/test_ops_attention_ws.py` and `tests/test_ops_attention.py`,
-`kernels/attention/validate_and_time.py`).
+There is no CPU interpreter for Gluon. On the CPU this kernel is lowered for sm_90 through ptxas
+(`kernels/compile_check.py`: registers, spills, shared memory) and run by npedit's Gluon simulator
+(`npedit/ops/triton/gluon_sim`, `tests/test_gluon_sim.py`: numerics and the mbarrier protocol under
+adversarial schedules); on a GPU by the gpu-marked tests of `tests/test_ops_attention_ws.py` and
+`tests/test_ops_attention.py` and by `kernels/attention/validate_and_time.py`.
 """
 from __future__ import annotations
 

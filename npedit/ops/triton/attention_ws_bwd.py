@@ -36,8 +36,10 @@ stored); padded key rows give dK / dV rows that are not stored and dQ terms that
 their zero K rows. lse and delta reach the kernel through `row_stats_buffers` (TMA needs their rows
 on 16-byte boundaries).
 
-There is no CPU interpreter for Gluon: the kernel is checked by `kernels/compile_check.py` (lowered
-for sm_90 through ptxas) on the CPU and for numerics only on a GPU (`tests/test_ops_attention_ws_bwd.py`).
+There is no CPU interpreter for Gluon. On the CPU the kernel is lowered for sm_90 through ptxas
+(`kernels/compile_check.py`) and run by npedit's Gluon simulator (`npedit/ops/triton/gluon_sim`,
+`tests/test_gluon_sim.py`: every dQ mode, numerics and the mbarrier protocol); on a GPU by
+`tests/test_ops_attention_ws_bwd.py`.
 """
 from __future__ import annotations
 
