@@ -42,6 +42,9 @@ def test_ws_forward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(tm
         assert row["ok"] and row["local"] == 0, row
         assert min(row["setmaxnreg"]) == 24 and max(row["setmaxnreg"]) >= 200, row
         assert row["wgmma"] > 0, row
+        # the softmax warpgroups release a K/V stage once, after both got there (a bar.sync over the
+        # partition before the arrive): what the Gluon simulator assumes of a partition's arrive
+        assert row["arrives"] > 0 and row["arrives_after_bar_sync"] == row["arrives"], row
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -46,6 +46,11 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
         assert row["ok"] and row["local"] == 0, row
         assert min(row["setmaxnreg"]) == 24 and max(row["setmaxnreg"]) >= 200, row
         assert row["global_loads"] == 0, row
+        # what the Gluon simulator assumes of the compute partition (test_gluon_sim.py runs it as one
+        # thread): it releases a Q / dO stage once, after all its warps got there, and no warp
+        # overwrites the dQ tile before the TMA reduction read it
+        assert row["arrives"] > 0 and row["arrives_after_bar_sync"] == row["arrives"], row
+        assert row["bulk_read_waits_then_bar_sync"] == row["bulk_read_waits"], row
     for hd in (64, 128):
         for mask in ("full", "causal"):
             atomics, tma, dkdv = (rows[f"attention bwd {name} bf16 hd{hd} {mask}"] for name in ("ws", "ws-dqtma", "ws-dkdv"))
@@ -56,6 +61,7 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
             assert tma["shared"] - atomics["shared"] == block_m * hd * 4, (tma, atomics)
             assert atomics["global_atomics"] > 0 and atomics["tma_reductions"] == 0, atomics
             assert tma["tma_reductions"] > 0 and tma["global_atomics"] == 0, tma
+            assert tma["bulk_read_waits"] > 0, tma
             assert dkdv["global_atomics"] == dkdv["tma_reductions"] == 0, dkdv
 
 

@@ -29,9 +29,16 @@ What it finds: wrong results (the numerics, a ring stage refilled before its rea
 read before its bytes landed), deadlocks (no thread can go on and nothing is in flight; reported with
 every barrier's state), an arrival or a byte count beyond what a phase expects, a wgmma result used or
 waited for while still in flight, copies still in flight when a program ends, out-of-bounds global
-stores. What it cannot find: races between the warps of one partition (a partition runs as one thread
-of whole-tile operations), registers, layouts and resources (`kernels/compile_check.py` lowers the
-kernels for sm_90), the memory model below the barriers (fences do nothing here), and speed.
+stores.
+
+A partition runs as one thread of whole-tile operations. That is what the compiled code does at the
+points where partitions meet: Triton puts a `bar.sync` over the partition before its one elected
+`mbarrier.arrive`, and after a TMA store's `cp.async.bulk.wait_group.read` (`partition_sync` in
+kernels/compile_check.py counts these in the PTX; the compile tests assert every one is so ordered,
+under Triton 3.6 and 3.7). What it cannot find: races between the warps of one partition through shared
+memory (the backward's dS^T tile, ordered by its explicit partition barrier), registers, layouts and
+resources (compile_check.py lowers the kernels for sm_90), the memory model below the barriers (fences
+do nothing here), and speed.
 
 Use: `SimKernel(kernel, policy, seed)[grid](*args, **constexprs)`, or `simulated_kernels(...)` to swap
 the launchers' kernels for simulated ones (tests/test_gluon_sim.py). Modules: program (threads,
