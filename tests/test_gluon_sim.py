@@ -109,6 +109,17 @@ def test_simulated_ws_backward_matches_float64(case, dq_mode, policy):
     check_backward(case, torch.bfloat16, run_backward(case, torch.bfloat16, dq_mode, policy))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_simulated_ws_kernels_under_more_random_schedules(seed):
+    """More seeded interleavings (the eager and lazy schedules are the adversarial ones; random ones
+    reach orders between them)."""
+    case = (1, 300, 277, 4, 2, 64, True)
+    check_forward(case, torch.bfloat16, *run_forward(case, torch.bfloat16, "random", seed=seed))
+    for dq_mode in DQ_MODES:
+        check_backward(case, torch.bfloat16, run_backward(case, torch.bfloat16, dq_mode, "random", seed=seed))
+
+
 @pytest.mark.parametrize("dq_mode", DQ_MODES)
 def test_simulated_ws_backward_fp16(dq_mode):
     case = CASES[0]
