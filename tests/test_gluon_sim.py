@@ -1,4 +1,4 @@
-"""The warp-specialised Gluon attention kernels, run on the CPU by npedit/ops/triton/gluon_sim.py.
+"""The warp-specialised Gluon attention kernels, run on the CPU by npedit/ops/triton/gluon_sim.
 
 Gluon has no interpreter, so without a Hopper GPU these kernels could only be compiled. The simulator
 runs their Python bodies with the semantics that decide whether they are right (a thread per
