@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from npedit.ops.triton.gluon_sim.program import Copy, SimError, current_thread, ready_value
+from npedit.ops.triton.gluon_sim.program import Copy, SimError, current_thread, ready_value, scheduling_point
 
 # ---------------------------------------------------------------------------------------------------
 # mbarriers
@@ -86,16 +86,14 @@ def _bar(x) -> _BarrierRef:
 
 
 def mbarrier_init(bar, count):
-    me = current_thread()
-    me.program.switch(me)
+    scheduling_point()
     b = _bar(bar)
     b.bar.count = b.bar.pending = int(count)
     b.bar.tx = 0
 
 
 def mbarrier_expect(bar, nbytes, pred=True):
-    me = current_thread()
-    me.program.switch(me)
+    scheduling_point()
     if pred:
         b = _bar(bar)  # mbarrier.arrive.expect_tx: expect the bytes, then arrive
         b.bar.tx += int(nbytes)
@@ -103,8 +101,7 @@ def mbarrier_expect(bar, nbytes, pred=True):
 
 
 def mbarrier_arrive(bar, count=1, pred=True):
-    me = current_thread()
-    me.program.switch(me)
+    scheduling_point()
     if pred:
         b = _bar(bar)
         b.bar.arrive(int(count), str(b))
@@ -127,9 +124,12 @@ def mbarrier_wait(bar, phase, pred=True, deps=()):
 # ---------------------------------------------------------------------------------------------------
 # shared memory, global memory, descriptors
 
-class _Type:
-    def __init__(self, shape):
+class _BlockType:
+    """Shape and bytes of a block: a descriptor's (`desc.block_type`) or a shared-memory buffer's (`.type`)."""
+
+    def __init__(self, shape, dtype):
         self.shape = [int(s) for s in shape]
+        self.nbytes = math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
 
 
 class Shared:
@@ -148,7 +148,7 @@ class Shared:
 
     @property
     def type(self):
-        return _Type(self.data.shape)
+        return _BlockType(self.data.shape, self.data.dtype)
 
     def index(self, i):
         return Shared(self.data[int(i)])
@@ -160,13 +160,11 @@ class Shared:
         return Shared(self.data.permute(*order))
 
     def load(self, layout=None):
-        me = current_thread()
-        me.program.switch(me)
+        scheduling_point()
         return self.data.clone()
 
     def store(self, value):
-        me = current_thread()
-        me.program.switch(me)
+        scheduling_point()
         value = ready_value(value, "shared-memory store")
         if list(value.shape) != self.shape:
             raise SimError(f"store of a {list(value.shape)} tile into shared memory of shape {self.shape}")
@@ -203,8 +201,7 @@ class Pointer:
 
 
 def _scatter(ptr: Pointer, value, mask, add: bool) -> None:
-    me = current_thread()
-    me.program.switch(me)
+    scheduling_point()
     value = ready_value(value, "global store")
     flat = ptr.flat()
     offs = torch.as_tensor(ptr.offset, dtype=torch.int64)
@@ -228,12 +225,6 @@ def store(pointer, value, mask=None, other=None, **_):
 
 def atomic_add(pointer, value, mask=None, sem=None, scope=None):
     _scatter(pointer, value, mask, add=True)
-
-
-class _BlockType:
-    def __init__(self, shape, dtype):
-        self.shape = [int(s) for s in shape]
-        self.nbytes = math.prod(self.shape) * torch.empty((), dtype=dtype).element_size()
 
 
 class SimDescriptor:
@@ -285,9 +276,7 @@ def _check_tma_rules(base: torch.Tensor, block: list[int]) -> None:
 
 
 def tma_load(desc, coord, bar, result, pred=True):
-    me = current_thread()
-    program = me.program
-    program.switch(me)
+    program = scheduling_point().program
     if not pred:
         return
     b = _bar(bar)
@@ -307,9 +296,8 @@ def tma_load(desc, coord, bar, result, pred=True):
 
 
 def _tma_store_like(desc, coord, src_smem, add: bool):
-    me = current_thread()
+    me = scheduling_point()
     program = me.program
-    program.switch(me)
     if src_smem.shape != desc.block_type.shape:
         raise SimError(f"TMA {'reduction' if add else 'store'} of shared memory {src_smem.shape} through a "
                        f"{desc.block_type.shape} descriptor")

@@ -58,8 +58,6 @@ class Program:
     """One program (CTA) of the grid: its threads, the scheduler's baton, the copy engine."""
 
     def __init__(self, pid: tuple[int, ...], num_warps: int, policy: str, rng: random.Random):
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.pid, self.policy, self.rng = pid, policy, rng
         self.threads = [SimThread(self, "default", num_warps)]
         self.copies: list[Copy] = []
@@ -227,7 +225,14 @@ def ready_value(x, what: str):
     return x
 
 
-def yield_only(*_, **__):
-    """An operation with no effect here (a fence, a partition's own barrier): only a scheduling point."""
+def scheduling_point() -> SimThread:
+    """Where an operation on shared state begins: the scheduler may run another thread or land a copy
+    first. -> the calling thread."""
     me = current_thread()
     me.program.switch(me)
+    return me
+
+
+def yield_only(*_, **__):
+    """An operation with no effect here (a fence, a partition's own barrier): only a scheduling point."""
+    scheduling_point()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from npedit.ops.triton.gluon_sim.memory import Shared
-from npedit.ops.triton.gluon_sim.program import AsyncResult, SimError, current_thread, ready_value
+from npedit.ops.triton.gluon_sim.program import AsyncResult, SimError, ready_value, scheduling_point
 
 
 class Pending(AsyncResult):
@@ -46,9 +46,8 @@ def _shape(x) -> list[int]:
 
 
 def warpgroup_mma(a, b, acc, *, use_acc=True, precision=None, max_num_imprecise_acc=None, is_async=False):
-    me = current_thread()
+    me = scheduling_point()
     program = me.program
-    program.switch(me)
     if not isinstance(b, Shared):
         raise SimError("wgmma reads its B operand from shared memory")
     a_shape = a.shape if isinstance(a, Shared) else _shape(ready_value(a, "wgmma A"))
@@ -70,8 +69,7 @@ def warpgroup_mma(a, b, acc, *, use_acc=True, precision=None, max_num_imprecise_
 
 
 def warpgroup_mma_wait(num_outstanding=0, deps=None):
-    me = current_thread()
-    me.program.switch(me)
+    me = scheduling_point()
     while len(me.mma) > int(num_outstanding):
         me.mma.pop(0).retire()
     out = []
