@@ -1,6 +1,7 @@
 """Shared helpers of the end-to-end tests: run the real entry points in subprocesses."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "npedit" / "train.py")
+ATTENTION_SWEEP = REPO / "kernels" / "attention" / "validate_and_time.py"
 
 
 def subprocess_env(**extra) -> dict:
@@ -36,3 +38,11 @@ def train(output_dir, *args: str, preset: str = "shapes_tiny", **kw) -> subproce
 
 def read_metrics(output_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def load_attention_sweep():
+    """kernels/attention/validate_and_time.py (the GPU session's attention tile sweep) as a fresh module."""
+    spec = importlib.util.spec_from_file_location("attention_validate_and_time", ATTENTION_SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,12 +10,12 @@ wgmma); the tests below check, for both kernels and every dQ mode of the backwar
 - that the simulator fails kernels with the protocol bugs such kernels have: each mutation below
   breaks one wait, arrival, byte count or release, and must be caught.
 """
-import importlib.util
-from pathlib import Path
+import functools
 
 import pytest
 import torch
 
+from helpers import load_attention_sweep
 from npedit import ops
 from npedit.ops.testing import NotLaunched, assert_close_to_reference, attention_gqa_cuda_check
 from npedit.ops.triton import attention as fwd_kernels
@@ -40,8 +40,11 @@ def _inputs(case, dtype):
     return q, k, v, do, causal
 
 
-def _reference(q, k, v, do, causal):
-    """{dtype, float64}: out, lse, dq, dk, dv of the PyTorch reference on the same rounded inputs."""
+@functools.lru_cache(maxsize=None)
+def _reference(case, dtype):
+    """{dtype, float64}: out, lse, dq, dk, dv of the PyTorch reference on the case's rounded inputs
+    (computed once per case and dtype: the runs and the checks share it; read only)."""
+    q, k, v, do, causal = _inputs(case, dtype)
     results = {}
     for dt in (q.dtype, torch.float64):
         ins = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
@@ -50,11 +53,12 @@ def _reference(q, k, v, do, causal):
     return results
 
 
-def run_forward(case, dtype, policy, seed=0, mutations=None):
+def run_forward(case, dtype, policy, seed=0, mutations=None, tiles=None):
+    """-> (out, lse) of the Gluon forward; tiles: BLOCK_M, BLOCK_N, NUM_STAGES (else the launcher's)."""
     q, k, v, _, causal = _inputs(case, dtype)
     out, lse = torch.empty_like(q), torch.empty(q.shape[0], q.shape[2], q.shape[1])
     with simulated_kernels(attention_ws, ["_attention_fwd_ws_kernel"], policy, seed, mutations) as sims:
-        attention_ws.attention_fwd_ws(q, k, v, out, lse, causal, q.shape[-1] ** -0.5 * LOG2E)
+        attention_ws.attention_fwd_ws(q, k, v, out, lse, causal, q.shape[-1] ** -0.5 * LOG2E, **(tiles or {}))
     assert sims["_attention_fwd_ws_kernel"].launches == 1
     return out, lse
 
@@ -62,7 +66,7 @@ def run_forward(case, dtype, policy, seed=0, mutations=None):
 def run_backward(case, dtype, dq_mode, policy, seed=0, mutations=None, tiles=None):
     """-> (dq or None, dk, dv) of the Gluon backward, fed the float64 reference's lse and delta."""
     q, k, v, do, causal = _inputs(case, dtype)
-    ref64 = _reference(q, k, v, do, causal)[torch.float64]
+    ref64 = _reference(case, dtype)[torch.float64]
     lse, delta = attention_ws_bwd.row_stats_buffers(ref64[1].float().contiguous())
     delta.copy_((do.double() * ref64[0]).sum(-1).transpose(1, 2))
     dq = None if dq_mode == "pass" else torch.zeros(q.shape)
@@ -75,16 +79,14 @@ def run_backward(case, dtype, dq_mode, policy, seed=0, mutations=None, tiles=Non
 
 
 def check_forward(case, dtype, out, lse):
-    q, k, v, do, causal = _inputs(case, dtype)
-    ref = _reference(q, k, v, do, causal)
+    ref = _reference(case, dtype)
     atol, rtol = TOL[dtype]
     assert_close_to_reference(out, ref[dtype][0], ref[torch.float64][0], atol, rtol, name="out")
     assert_close_to_reference(lse, ref[dtype][1], ref[torch.float64][1], atol, rtol, name="lse")
 
 
 def check_backward(case, dtype, grads):
-    q, k, v, do, causal = _inputs(case, dtype)
-    ref = _reference(q, k, v, do, causal)
+    ref = _reference(case, dtype)
     atol, rtol = TOL[dtype]
     for name, got, i in zip(("dq", "dk", "dv"), grads, (2, 3, 4)):
         if got is not None:
@@ -128,12 +130,8 @@ def test_simulated_ws_backward_fp16(dq_mode):
 
 def _swept_ws_tiles():
     """(head dim, kernel, tile) of every Gluon candidate the GPU session's tile sweep will time."""
-    path = Path(__file__).resolve().parents[1] / "kernels" / "attention" / "validate_and_time.py"
-    spec = importlib.util.spec_from_file_location("attention_validate_and_time_sim", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return [(hd, kernel, tile) for hd, kernels in module.TILES.items() for kernel, tiles in kernels.items()
-            for tile in tiles if len(tile) == 5 and tile[4].startswith("ws")]
+    return [(hd, kernel, tile) for hd, kernels in load_attention_sweep().TILES.items()
+            for kernel, tiles in kernels.items() for tile in tiles if len(tile) == 5 and tile[4].startswith("ws")]
 
 
 @pytest.mark.parametrize("head_dim,kernel,tile", _swept_ws_tiles(), ids=str)
@@ -143,12 +141,8 @@ def test_every_swept_ws_tile_runs_in_the_simulator(head_dim, kernel, tile):
     block_m, block_n, warps, stages, variant = tile
     case = (1, 600, 533, 4, 2, head_dim, True)
     if kernel == "fwd":
-        q, k, v, _, causal = _inputs(case, torch.bfloat16)
-        out, lse = torch.empty_like(q), torch.empty(q.shape[0], q.shape[2], q.shape[1])
-        with simulated_kernels(attention_ws, ["_attention_fwd_ws_kernel"], "random", seed=5):
-            attention_ws.attention_fwd_ws(q, k, v, out, lse, causal, head_dim ** -0.5 * LOG2E, BLOCK_M=block_m,
-                                          BLOCK_N=block_n, NUM_STAGES=stages)
-        check_forward(case, torch.bfloat16, out, lse)
+        tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages)
+        check_forward(case, torch.bfloat16, *run_forward(case, torch.bfloat16, "random", seed=5, tiles=tiles))
     else:
         dq_mode = {"ws-fused": "atomics", "ws-dqtma": "tma", "ws-split": "pass"}[variant]
         tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)

@@ -1,23 +1,17 @@
 """The GPU session's attention tile sweep (kernels/attention/validate_and_time.py) starts from what
 the launchers ship: its first candidate per kernel and head dim is the launchers' GPU default, and
 every candidate turns into a config the launchers accept (variant keys included)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from helpers import load_attention_sweep
 from npedit.ops.triton import attention as fwd_kernels
 from npedit.ops.triton import attention_bwd as bwd_kernels
-
-SCRIPT = Path(__file__).resolve().parents[1] / "kernels" / "attention" / "validate_and_time.py"
 
 
 @pytest.fixture
 def sweep(monkeypatch):
-    spec = importlib.util.spec_from_file_location("attention_validate_and_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_attention_sweep()
     for kernels in (fwd_kernels, bwd_kernels):  # the GPU tiles, not the interpreter's 16 x 16
         monkeypatch.setattr(kernels, "interpreting", lambda: False)
     return module
