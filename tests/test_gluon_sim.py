@@ -129,22 +129,28 @@ def test_simulated_ws_backward_fp16(dq_mode):
 
 
 def _swept_ws_tiles():
-    """(head dim, kernel, tile) of every Gluon candidate the GPU session's tile sweep will time."""
-    return [(hd, kernel, tile) for hd, kernels in load_attention_sweep().TILES.items()
+    """(head dim, kernel, tile, dQ mode of a backward tile) of every Gluon candidate the GPU session's tile
+    sweep will time (the mode from the sweep's own variant flags)."""
+    sweep = load_attention_sweep()
+
+    def dq_mode(variant):
+        flags = sweep.VARIANTS[variant]
+        return "tma" if flags.get("DQ_TMA") else "atomics" if flags.get("FUSE_DQ") else "pass"
+
+    return [(hd, kernel, tile, dq_mode(tile[4]) if kernel != "fwd" else None) for hd, kernels in sweep.TILES.items()
             for kernel, tiles in kernels.items() for tile in tiles if len(tile) == 5 and tile[4].startswith("ws")]
 
 
-@pytest.mark.parametrize("head_dim,kernel,tile", _swept_ws_tiles(), ids=str)
-def test_every_swept_ws_tile_runs_in_the_simulator(head_dim, kernel, tile):
+@pytest.mark.parametrize("head_dim,kernel,tile,dq_mode", _swept_ws_tiles(), ids=str)
+def test_every_swept_ws_tile_runs_in_the_simulator(head_dim, kernel, tile, dq_mode):
     """The sweep's Gluon candidates (ring depths of 2-4 stages, 64- and 128-row tiles, each dQ mode) on
     a causal GQA case long enough to wrap every ring several times."""
-    block_m, block_n, warps, stages, variant = tile
+    block_m, block_n, warps, stages, _ = tile
     case = (1, 600, 533, 4, 2, head_dim, True)
     if kernel == "fwd":
         tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, NUM_STAGES=stages)
         check_forward(case, torch.bfloat16, *run_forward(case, torch.bfloat16, "random", seed=5, tiles=tiles))
     else:
-        dq_mode = {"ws-fused": "atomics", "ws-dqtma": "tma", "ws-split": "pass"}[variant]
         tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
         check_backward(case, torch.bfloat16, run_backward(case, torch.bfloat16, dq_mode, "random", seed=5, tiles=tiles))
 
