@@ -41,6 +41,8 @@ from npedit.ops.triton import attention_bwd as attn_bwd_k  # noqa: E402
 from npedit.ops.triton import attention_ws as attn_ws_k  # noqa: E402
 from npedit.ops.triton import attention_ws_bwd as attn_wsb_k  # noqa: E402
 
+from ptx_order import partition_sync  # noqa: E402  (kernels/, this script's folder)
+
 SMEM_LIMIT = {90: 232448, 80: 166912, 100: 232448}
 TL_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 FLOAT_SCALARS = ("qk_scale", "sm_scale", "scale", "scale_log2", "eps")
@@ -91,33 +93,6 @@ def compile_one(fn, dtype: str, pointers: dict, constexprs: dict, num_warps: int
             fields = dict(item.split(":") for item in line.split() if ":" in item)
             res.update(regs=int(fields["REG"]), local=int(fields["LOCAL"]) + int(fields.get("STACK", 0)))
     return res
-
-
-_ARITH = ("add", "sub", "mul", "mad", "mov", "cvt", "setp", "selp", "and", "or", "xor", "shl", "shr", "not")
-
-
-def partition_sync(ptx: str) -> dict:
-    """What the Gluon simulator (npedit/ops/triton/gluon_sim) takes for granted when it runs a partition
-    as one thread: a partition's mbarrier arrive (not the TMA warp's arrive.expect_tx) counts once, after
-    every warp of the partition got there, and a TMA store / reduction's shared-memory tile is not
-    overwritten by any warp before its read completed. In the PTX: each plain `mbarrier.arrive` has a
-    `bar.sync` before it with only address arithmetic between; each `cp.async.bulk.wait_group.read` is
-    followed by a `bar.sync`. -> counts of each and of those that are so ordered."""
-    lines = [ln.strip() for ln in ptx.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(("//", ".loc", "$")) and not ln.endswith(":")]
-    arrives = arrives_synced = waits = waits_synced = 0
-    for i, ln in enumerate(lines):
-        if "mbarrier.arrive" in ln and "expect_tx" not in ln:
-            arrives += 1
-            j = i - 1
-            while j >= 0 and lines[j].startswith(_ARITH):
-                j -= 1
-            arrives_synced += j >= 0 and lines[j].startswith(("bar.sync", "barrier.sync"))
-        if ln.startswith("cp.async.bulk.wait_group.read"):
-            waits += 1
-            waits_synced += i + 1 < len(lines) and lines[i + 1].startswith(("bar.sync", "barrier.sync"))
-    return {"arrives": arrives, "arrives_after_bar_sync": arrives_synced, "bulk_read_waits": waits,
-            "bulk_read_waits_then_bar_sync": waits_synced}
 
 
 def cases():

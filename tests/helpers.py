@@ -42,7 +42,16 @@ def read_metrics(output_dir) -> list[dict]:
 
 def load_attention_sweep():
     """kernels/attention/validate_and_time.py (the GPU session's attention tile sweep) as a fresh module."""
-    spec = importlib.util.spec_from_file_location("attention_validate_and_time", ATTENTION_SWEEP)
+    return _load_script(ATTENTION_SWEEP, "attention_validate_and_time")
+
+
+def load_ptx_order():
+    """kernels/ptx_order.py (what compile_check.py reads of a kernel's barrier ordering) as a module."""
+    return _load_script(REPO / "kernels" / "ptx_order.py", "ptx_order")
+
+
+def _load_script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

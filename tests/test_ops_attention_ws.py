@@ -45,6 +45,9 @@ def test_ws_forward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(tm
         # the softmax warpgroups release a K/V stage once, after both got there (a bar.sync over the
         # partition before the arrive): what the Gluon simulator assumes of a partition's arrive
         assert row["arrives"] > 0 and row["arrives_after_bar_sync"] == row["arrives"], row
+        # P stays in registers as wgmma's A operand: no warp hands a tile to the async proxy through
+        # shared memory, so there is no intra-partition store-to-wgmma ordering to get wrong
+        assert row["handoffs"] == 0, row
 
 
 @pytest.mark.parametrize("causal", [False, True])

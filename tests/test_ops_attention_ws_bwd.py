@@ -51,6 +51,12 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
         # overwrites the dQ tile before the TMA reduction read it
         assert row["arrives"] > 0 and row["arrives_after_bar_sync"] == row["arrives"], row
         assert row["bulk_read_waits_then_bar_sync"] == row["bulk_read_waits"], row
+        # what it cannot see: the warps of the compute partition hand tiles through shared memory to
+        # the async proxy (dS^T to the dQ wgmma; with TMA reductions the dQ tile too), each warp
+        # storing its rows; every such store is fenced, then synced over the partition, before the
+        # reader is issued
+        handoffs = {"ws": 1, "ws-dqtma": 2, "ws-dkdv": 0}[row["case"].split()[2]]
+        assert row["handoffs"] == handoffs and row["handoffs_fenced_then_synced"] == handoffs, row
     for hd in (64, 128):
         for mask in ("full", "causal"):
             atomics, tma, dkdv = (rows[f"attention bwd {name} bf16 hd{hd} {mask}"] for name in ("ws", "ws-dqtma", "ws-dkdv"))

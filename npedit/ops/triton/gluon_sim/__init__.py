@@ -33,12 +33,13 @@ stores.
 
 A partition runs as one thread of whole-tile operations. That is what the compiled code does at the
 points where partitions meet: Triton puts a `bar.sync` over the partition before its one elected
-`mbarrier.arrive`, and after a TMA store's `cp.async.bulk.wait_group.read` (`partition_sync` in
-kernels/compile_check.py counts these in the PTX; the compile tests assert every one is so ordered,
-under Triton 3.6 and 3.7). What it cannot find: races between the warps of one partition through shared
-memory (the backward's dS^T tile, ordered by its explicit partition barrier), registers, layouts and
-resources (compile_check.py lowers the kernels for sm_90), the memory model below the barriers (fences
-do nothing here), and speed.
+`mbarrier.arrive`, and after a TMA store's `cp.async.bulk.wait_group.read` (kernels/ptx_order.py
+counts these in the PTX; the compile tests assert every one is so ordered, under Triton 3.6 and 3.7).
+What it cannot find: races between the warps of one partition through shared memory (the backward's
+dS^T and dQ tiles, each warp storing its rows: ptx_order.py checks instead that each is fenced and
+synced over the partition before wgmma or TMA reads it), registers, layouts and resources
+(compile_check.py lowers the kernels for sm_90), the memory model below the barriers (fences do
+nothing here), and speed.
 
 Use: `SimKernel(kernel, policy, seed)[grid](*args, **constexprs)`, or `simulated_kernels(...)` to swap
 the launchers' kernels for simulated ones (tests/test_gluon_sim.py). Modules: program (threads,
