@@ -42,25 +42,32 @@ def shared_handoffs(lines: list[str]) -> dict:
     """Registers stored into shared memory by every warp of a partition and read next by the async proxy
     (wgmma's shared operands, a TMA store or reduction): the backward's dS^T tile for the dQ matmul, its
     dQ tile for the reduction. Each warp writes only its own rows and the reader takes the whole tile,
-    so the writes need a `fence.proxy.async` (generic -> async proxy) after the last store and then a
-    `bar.sync` (every warp's fence done) before the reader is issued. A warp simulated as one thread
-    cannot race itself, so this is the intra-partition ordering the Gluon simulator does not see.
+    so between the last store and the reader there must be a `bar.sync` (every warp's stores done) and
+    a `fence.proxy.async` (the generic writes made visible to the async proxy): fence then barrier
+    (each writer fences: CUTLASS's order, and the Gluon kernels') or barrier then fence (the issuing
+    threads fence: Triton's own lowering of tl.dot's shared operands). A partition simulated as one
+    thread cannot race itself, so this is the intra-partition ordering the Gluon simulator does not see.
+    Sufficient, not necessary: a tile read only by the warpgroup that wrote it needs just the fence (its
+    wgmma starts once all four of its warps issued it, each after its own fence). Triton's own lowering
+    does that for the pointer-load backward's dS^T in the dK matmul (each warpgroup reads back the key
+    rows it wrote), so an unsynced hand-off in a Triton kernel is not by itself a race. The Gluon
+    backward's readers take both warpgroups' rows: there the barrier is due.
     A store to a computed address (`st.shared`, `stmatrix`) opens a hand-off; stores to a fixed one
     (`[global_smem+N]`: warp_specialize's state word and the values it hands its partitions, read back
     by `ld.shared`) do not. lines: the PTX's instructions in text order (labels and comments dropped).
-    -> handoffs, handoffs_fenced_then_synced."""
+    -> handoffs, handoffs_fenced_and_synced."""
     handoffs = ordered = 0
     pending = fenced = synced = False
     for ln in lines:
         ln = re.sub(r"^@!?%\w+\s+", "", ln)  # a predicate guard
         if ln.startswith("stmatrix") or (ln.startswith("st.shared") and "[global_smem" not in ln):
             pending, fenced, synced = True, False, False
-        elif ln.startswith("fence.proxy.async") and pending:
-            fenced, synced = True, False
-        elif ln.startswith(("bar.sync", "barrier.sync")) and fenced:
+        elif ln.startswith("fence.proxy.async"):
+            fenced = True
+        elif ln.startswith(("bar.sync", "barrier.sync")):
             synced = True
         elif pending and ("wgmma.mma_async" in ln or re.search(r"cp\.(reduce\.)?async\.bulk\.tensor\.\w+\.global\.shared", ln)):
             handoffs += 1
             ordered += fenced and synced
             pending = False
-    return {"handoffs": handoffs, "handoffs_fenced_then_synced": ordered}
+    return {"handoffs": handoffs, "handoffs_fenced_and_synced": ordered}

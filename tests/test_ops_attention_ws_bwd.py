@@ -56,7 +56,7 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
         # storing its rows; every such store is fenced, then synced over the partition, before the
         # reader is issued
         handoffs = {"ws": 1, "ws-dqtma": 2, "ws-dkdv": 0}[row["case"].split()[2]]
-        assert row["handoffs"] == handoffs and row["handoffs_fenced_then_synced"] == handoffs, row
+        assert row["handoffs"] == handoffs and row["handoffs_fenced_and_synced"] == handoffs, row
     for hd in (64, 128):
         for mask in ("full", "causal"):
             atomics, tma, dkdv = (rows[f"attention bwd {name} bf16 hd{hd} {mask}"] for name in ("ws", "ws-dqtma", "ws-dkdv"))

@@ -1,5 +1,5 @@
 """kernels/ptx_order.py on hand-written PTX: each ordering it reports as kept is kept, and each way of
-breaking it (the fence or the barrier missing, in the wrong order, a store after the fence) is counted
+breaking it (the fence or the barrier missing, both before the store, a store after both) is counted
 as broken. The compile tests (test_ops_attention_ws*.py) apply it to the real kernels' PTX."""
 from __future__ import annotations
 
@@ -20,20 +20,23 @@ REDUCE = "@%p16 cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.bulk_group
 
 def _handoffs(*lines):
     report = ptx_order.partition_sync("\n".join(lines))
-    return report["handoffs"], report["handoffs_fenced_then_synced"]
+    return report["handoffs"], report["handoffs_fenced_and_synced"]
 
 
 @pytest.mark.parametrize("reader", [WGMMA, REDUCE], ids=["wgmma", "tma-reduce"])
-def test_a_fenced_then_synced_store_is_an_ordered_handoff(reader):
+def test_a_fenced_and_synced_store_is_an_ordered_handoff(reader):
+    """Fence then barrier (the Gluon kernels: each writer fences) or barrier then fence (Triton's own
+    tl.dot lowering: the issuing threads fence once every warp's stores are done)."""
     assert _handoffs(STORE, STORE, FENCE, "mov.b32 %r1, 0;", SYNC, "$L__BB0_3:", reader, reader) == (1, 1)
+    assert _handoffs(STORE, SYNC, "ld.shared.v2.b32 {%r1, %r2}, [%r3+49152];", FENCE, reader) == (1, 1)
 
 
 @pytest.mark.parametrize("lines", [
     (STORE, SYNC, READER),  # no fence: the async proxy may not see the generic writes
     (STORE, FENCE, READER),  # no barrier: the other warps' fences may not have run
-    (STORE, SYNC, FENCE, READER),  # barrier before the fence
+    (FENCE, SYNC, STORE, READER),  # both before the store
     (STORE, FENCE, SYNC, "st.shared.v2.b32 [%r24+163840], {%r490, %r491};", READER),  # a store after both
-], ids=["no-fence", "no-barrier", "barrier-then-fence", "store-after"])
+], ids=["no-fence", "no-barrier", "both-before", "store-after"])
 @pytest.mark.parametrize("reader", [WGMMA, REDUCE], ids=["wgmma", "tma-reduce"])
 def test_a_handoff_missing_its_fence_or_barrier_is_counted_unordered(lines, reader):
     assert _handoffs(*(reader if ln is READER else ln for ln in lines)) == (1, 0)

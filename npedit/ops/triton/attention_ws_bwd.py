@@ -176,9 +176,9 @@ if gluon is not None:
             ds_t = (pt * dpt).to(dtype)
             dk = warpgroup_mma(gl.convert_layout(ds_t, op_layout), q_tile, dk, is_async=True)
             if FUSE_DQ:
-                # dQ_i = dS K reads every key's dS row: both warpgroups store theirs, then sync. Two
-                # buffers: a warpgroup cannot store into the one the other may still read, the barrier
-                # being between
+                # dQ_i = dS K reads every key's dS row: both warpgroups store theirs, fence (Triton
+                # 3.6 adds no proxy fence itself), then sync. Two buffers: a warpgroup cannot store
+                # into the one the other may still read, the barrier being between (kernels/NOTES.md v11)
                 ds_smem = ds_bufs.index(it % 2)
                 ds_smem.store(ds_t)
                 fence_async_shared()
