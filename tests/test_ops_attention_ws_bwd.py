@@ -53,7 +53,7 @@ def test_ws_backward_compiles_for_sm90_into_a_load_warp_and_two_mma_warpgroups(t
         assert row["bulk_read_waits_then_bar_sync"] == row["bulk_read_waits"], row
         # what it cannot see: the warps of the compute partition hand tiles through shared memory to
         # the async proxy (dS^T to the dQ wgmma; with TMA reductions the dQ tile too), each warp
-        # storing its rows; every such store is fenced, then synced over the partition, before the
+        # storing its rows; every such store is fenced and synced over the partition before the
         # reader is issued
         handoffs = {"ws": 1, "ws-dqtma": 2, "ws-dkdv": 0}[row["case"].split()[2]]
         assert row["handoffs"] == handoffs and row["handoffs_fenced_and_synced"] == handoffs, row
