@@ -14,8 +14,8 @@ STORE = "stmatrix.sync.aligned.m8n8.x4.shared.b16 [%r482+131072], {%r223, %r224,
 FENCE = "fence.proxy.async.shared::cta;"
 SYNC = "bar.sync \t0, 256;"
 WGMMA = "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r239,%r240}, %rd1, %rd2, p, 1, 1, 0, 1;"
-READER = "the reader under test"
 REDUCE = "@%p16 cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.bulk_group [%rd1, {%r272, %r273, %r274}], [%r5];"
+READER = "the reader under test"  # stands for WGMMA or REDUCE in a parametrised sequence
 
 
 def _handoffs(*lines):
@@ -33,7 +33,7 @@ def test_a_fenced_and_synced_store_is_an_ordered_handoff(reader):
 
 @pytest.mark.parametrize("lines", [
     (STORE, SYNC, READER),  # no fence: the async proxy may not see the generic writes
-    (STORE, FENCE, READER),  # no barrier: the other warps' fences may not have run
+    (STORE, FENCE, READER),  # no barrier: the other warps may not have stored their rows yet
     (FENCE, SYNC, STORE, READER),  # both before the store
     (STORE, FENCE, SYNC, "st.shared.v2.b32 [%r24+163840], {%r490, %r491};", READER),  # a store after both
 ], ids=["no-fence", "no-barrier", "both-before", "store-after"])
