@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 
 _ARITH = ("add", "sub", "mul", "mad", "mov", "cvt", "setp", "selp", "and", "or", "xor", "shl", "shr", "not")
+_BARRIER = ("bar.sync", "barrier.sync")  # only unguarded ones count: every thread of the partition waits
+_GUARD = re.compile(r"^@!?%\w+\s+")  # an instruction's predicate guard
 
 
 def partition_sync(ptx: str) -> dict:
@@ -25,15 +27,16 @@ def partition_sync(ptx: str) -> dict:
     lines = [ln for ln in lines if ln and not ln.startswith(("//", ".loc", "$")) and not ln.endswith(":")]
     arrives = arrives_synced = waits = waits_synced = 0
     for i, ln in enumerate(lines):
-        if "mbarrier.arrive" in ln and "expect_tx" not in ln:
+        op = _GUARD.sub("", ln)
+        if op.startswith("mbarrier.arrive") and "expect_tx" not in op:
             arrives += 1
             j = i - 1
             while j >= 0 and lines[j].startswith(_ARITH):
                 j -= 1
-            arrives_synced += j >= 0 and lines[j].startswith(("bar.sync", "barrier.sync"))
-        if ln.startswith("cp.async.bulk.wait_group.read"):
+            arrives_synced += j >= 0 and lines[j].startswith(_BARRIER)
+        if op.startswith("cp.async.bulk.wait_group.read"):
             waits += 1
-            waits_synced += i + 1 < len(lines) and lines[i + 1].startswith(("bar.sync", "barrier.sync"))
+            waits_synced += i + 1 < len(lines) and lines[i + 1].startswith(_BARRIER)
     return {"arrives": arrives, "arrives_after_bar_sync": arrives_synced, "bulk_read_waits": waits,
             "bulk_read_waits_then_bar_sync": waits_synced, **shared_handoffs(lines)}
 
@@ -59,14 +62,14 @@ def shared_handoffs(lines: list[str]) -> dict:
     handoffs = ordered = 0
     pending = fenced = synced = False
     for ln in lines:
-        ln = re.sub(r"^@!?%\w+\s+", "", ln)  # a predicate guard
-        if ln.startswith("stmatrix") or (ln.startswith("st.shared") and "[global_smem" not in ln):
+        op = _GUARD.sub("", ln)  # stores and readers count guarded or not; fences and barriers only unguarded
+        if op.startswith("stmatrix") or (op.startswith("st.shared") and "[global_smem" not in op):
             pending, fenced, synced = True, False, False
         elif ln.startswith("fence.proxy.async"):
             fenced = True
-        elif ln.startswith(("bar.sync", "barrier.sync")):
+        elif ln.startswith(_BARRIER):
             synced = True
-        elif pending and ("wgmma.mma_async" in ln or re.search(r"cp\.(reduce\.)?async\.bulk\.tensor\.\w+\.global\.shared", ln)):
+        elif pending and ("wgmma.mma_async" in op or re.search(r"cp\.(reduce\.)?async\.bulk\.tensor\.\w+\.global\.shared", op)):
             handoffs += 1
             ordered += fenced and synced
             pending = False

@@ -3,8 +3,7 @@
 Gluon has no CPU interpreter, so on the CPU the kernel is compiled for sm_90 (ptxas, no GPU needed)
 and its resources checked here, and run by the Gluon simulator in `test_gluon_sim.py`; on a GPU its
 numerics are checked by `test_ops_attention.py`'s GPU tests and `test_warp_specialised_forward_cuda`
-below. Off sm_90 the variant must fall back to the Triton
-kernels and give their results.
+below. Off sm_90 the variant must fall back to the Triton kernels and give their results.
 """
 import json
 import os

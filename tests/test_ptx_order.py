@@ -34,9 +34,10 @@ def test_a_fenced_and_synced_store_is_an_ordered_handoff(reader):
 @pytest.mark.parametrize("lines", [
     (STORE, SYNC, READER),  # no fence: the async proxy may not see the generic writes
     (STORE, FENCE, READER),  # no barrier: the other warps may not have stored their rows yet
+    (STORE, FENCE, "@%p1 " + SYNC, READER),  # a guarded barrier: the threads it skips do not wait
     (FENCE, SYNC, STORE, READER),  # both before the store
     (STORE, FENCE, SYNC, "st.shared.v2.b32 [%r24+163840], {%r490, %r491};", READER),  # a store after both
-], ids=["no-fence", "no-barrier", "both-before", "store-after"])
+], ids=["no-fence", "no-barrier", "guarded-barrier", "both-before", "store-after"])
 @pytest.mark.parametrize("reader", [WGMMA, REDUCE], ids=["wgmma", "tma-reduce"])
 def test_a_handoff_missing_its_fence_or_barrier_is_counted_unordered(lines, reader):
     assert _handoffs(*(reader if ln is READER else ln for ln in lines)) == (1, 0)
